@@ -1,0 +1,24 @@
+# The two commands a fresh machine needs (README): `make demo` and `make test`.
+# Both create .venv/ on first use.
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+
+.PHONY: venv demo test bench clean
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml infra/setup/bootstrap.sh
+	bash infra/setup/bootstrap.sh
+	touch $(VENV_STAMP)
+
+demo: venv
+	$(PY) jobs/demo.py
+
+test: venv
+	$(PY) -m pytest
+
+bench: venv
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf out/ .pytest_cache

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Creates .venv/ at the repo root with the pinned platform dependencies.
+# torch first, from its exact pin: pip then takes the local CPU wheel instead of a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+export DS_BUILD_OPS=0   # DeepSpeed: compile no op at install time
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet "torch==2.13.0"
+.venv/bin/python -m pip install --quiet -e '.[test]'
