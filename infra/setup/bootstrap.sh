@@ -10,4 +10,5 @@ fi
 export DS_BUILD_OPS=0   # DeepSpeed: compile no op at install time
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e '.[test]'
+# constraints.txt pins every transitive dependency to the set this project was tested with.
+.venv/bin/python -m pip install --quiet -c infra/setup/constraints.txt -e '.[test]'
