@@ -1,0 +1,147 @@
+"""Ingest one ECG corpus into sharded WebDataset tarballs (local folder or s3://).
+
+    python jobs/ingest.py --corpus ludb --source data/ludb/data --dest out/ludb
+    ray job submit -- python jobs/ingest.py --corpus ... --source ... --dest s3://bucket/ludb
+
+Locally it starts its own Ray instance (`ray.init(address="local")`); under `ray job submit`
+(RAY_ADDRESS set) it joins that cluster. Rerunning the same command after a crash resumes.
+Exit status: 0 when the record balance holds, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def byte_size(text: str) -> int:
+    """'256MB', '64MiB', '1000000' -> bytes."""
+    m = _SIZE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (e.g. 256MB, 64MiB)")
+    unit = (m.group(2) or "").lower().rstrip("b")
+    value = int(float(m.group(1)) * _UNITS[unit])
+    if value < 1024:
+        raise argparse.ArgumentTypeError(f"shard size must be at least 1024 bytes: {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
+    return v
+
+
+def port(text: str) -> int:
+    v = int(text)
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}")
+    return v
+
+
+def cpus(text: str) -> float:
+    v = float(text)
+    if not 0 < v <= 64:
+        raise argparse.ArgumentTypeError(f"must be in (0, 64]: {text!r}")
+    return v
+
+
+def split_ratios(text: str):
+    from clef_platform.ingest.splits import SplitRatios
+    try:
+        return SplitRatios.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--corpus", required=True, help="registered adapter name (e.g. ludb, wfdb)")
+    p.add_argument("--source", required=True, type=Path, help="corpus folder")
+    p.add_argument("--dest", required=True, help="dataset URL: a folder, file://..., s3://...")
+    p.add_argument("--shard-bytes", type=byte_size, default="256MB",
+                   help="target shard size (default 256MB)")
+    p.add_argument("--split-ratios", type=split_ratios, default="train=0.8,val=0.1,test=0.1",
+                   help="patient-level split ratios (default train=0.8,val=0.1,test=0.1)")
+    p.add_argument("--workers", type=positive_int, default=2,
+                   help="shards written concurrently (default 2)")
+    p.add_argument("--cpus-per-worker", type=cpus, default=1.0,
+                   help="Ray CPUs reserved per shard task (fractional allowed; default 1)")
+    p.add_argument("--metrics-port", type=port, default=None,
+                   help="serve Prometheus counters on 127.0.0.1:PORT while running")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def init_ray() -> None:
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()                      # under `ray job submit` or an explicit cluster
+    else:
+        ray.init(address="local", include_dashboard=False)   # never join a stray cluster
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.source.is_dir():
+        print(f"--source {args.source} is not a folder", file=sys.stderr)
+        return 2
+
+    from tqdm import tqdm
+
+    from clef_platform.ingest.pipeline import IngestConfig, ShardResult, run_ingest
+    from clef_platform.metrics import IngestMetrics, MetricsServer
+
+    cfg = IngestConfig(corpus=args.corpus, source=args.source, dest=args.dest,
+                       shard_bytes=args.shard_bytes, split_ratios=args.split_ratios,
+                       workers=args.workers, cpus_per_worker=args.cpus_per_worker)
+    metrics = IngestMetrics()
+    server = MetricsServer(metrics.registry, args.metrics_port) \
+        if args.metrics_port is not None else None
+    bar: tqdm | None = None
+
+    def on_plan(n: int) -> None:
+        nonlocal bar
+        bar = tqdm(total=n, unit="shard", desc="ingest", disable=args.no_progress)
+
+    def on_shard(r: ShardResult) -> None:
+        metrics.shard_done(r.stored, r.reasons, r.nbytes, r.skipped)
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        init_ray()
+        import ray.data
+        # Our own bar counts shards; Ray Data's would repeat it in the log.
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        summary = run_ingest(cfg, on_plan=on_plan, on_shard=on_shard)
+    finally:
+        if bar is not None:
+            bar.close()
+        if server is not None:
+            server.stop()
+    print(f"ingest {cfg.corpus} -> {cfg.dest}")
+    for line in summary.lines():
+        print("  " + line)
+    return 0 if summary.balanced else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,359 @@
+"""The ingestion pipeline: list -> plan shards -> (Ray Data) read, validate, encode, write.
+
+Determinism and resume come from planning before any signal is read:
+
+1. The driver lists `RecordRef`s (small: ids and paths, never signals) and gives each record a
+   key, a split (stable hash of its patient id) and a shard: within a split, records sorted by
+   key are cut into runs of `records_per_shard`. That number comes from the encoded size of a
+   fixed probe (the first records by key), so the same corpus and settings always give the same
+   plan, whatever the parallelism.
+2. Ray Data maps over the planned shards that have no part file yet: each task reads and
+   validates its records (`process_record`), encodes them and streams them into a temp tar,
+   then uploads the shard atomically and writes its part (manifest + quarantine rows).
+3. The driver assembles the parts into quarantine.parquet and then manifest.parquet (last: the
+   commit marker). After a crash, rerunning the same command skips shards whose part exists.
+
+Records the plan puts in a shard but validation rejects simply leave that shard a little
+smaller than planned; they never move other records, which keeps the plan stable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from clef_platform.ingest import manifest as mf
+from clef_platform.ingest.record import CanonicalRecord, Quarantined, RecordRef
+from clef_platform.ingest.shards import FORMAT_VERSION, ShardTarWriter, encode_record, record_key
+from clef_platform.ingest.splits import SplitRatios, assign_split
+from clef_platform.storage import ObjectStore, open_store
+
+log = logging.getLogger(__name__)
+
+ProcessFn = Callable[[RecordRef], "CanonicalRecord | Quarantined"]
+DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
+SHARDS_PREFIX = "shards/"
+_FALLBACK_RECORD_BYTES = 12 * 5000 * 2 + 2048   # a 10 s, 500 Hz record, if the probe fails
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    corpus: str
+    source: Path
+    dest: str
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    split_ratios: SplitRatios = field(default_factory=SplitRatios)
+    workers: int = 2                 # concurrent shard-writing tasks
+    cpus_per_worker: float = 1.0     # fractional values let ingest share a small machine
+    probe_records: int = 16
+
+    def __post_init__(self) -> None:
+        if self.shard_bytes < 1024:
+            raise ValueError(f"shard_bytes must be >= 1024, got {self.shard_bytes}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if not 0 < self.cpus_per_worker <= 64:
+            raise ValueError(f"cpus_per_worker must be in (0, 64], got {self.cpus_per_worker}")
+        if self.probe_records < 1:
+            raise ValueError("probe_records must be >= 1")
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    name: str                  # "<split>-<NNNNNN>", also the tar's base name
+    split: str
+    keys: tuple[str, ...]
+    refs: tuple[RecordRef, ...]
+
+    @property
+    def object_key(self) -> str:
+        return shard_object_key(self.name)
+
+
+@dataclass
+class ShardResult:
+    name: str
+    stored: int
+    quarantined: int
+    nbytes: int
+    reasons: dict[str, int]
+    skipped: bool = False      # already complete from an earlier run
+
+
+@dataclass
+class IngestSummary:
+    records_in: int = 0
+    stored: int = 0
+    quarantined: int = 0
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    shards: int = 0                 # shards holding at least one record
+    shards_written: int = 0         # written by this run
+    shards_skipped: int = 0         # already complete (resume)
+    bytes: int = 0
+    seconds: float = 0.0
+    records_per_s: float = 0.0
+    records_per_shard: int = 0
+
+    @property
+    def balanced(self) -> bool:
+        return self.records_in == self.stored + self.quarantined
+
+    def lines(self) -> list[str]:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.quarantined_by_reason.items()))
+        return [
+            f"records in {self.records_in} = stored {self.stored} + quarantined "
+            f"{self.quarantined} ({'balanced' if self.balanced else 'UNBALANCED'})",
+            f"quarantined by reason: {reasons or 'none'}",
+            f"shards {self.shards} (written {self.shards_written}, already complete "
+            f"{self.shards_skipped}), {self.records_per_shard} records/shard planned, "
+            f"{self.bytes} bytes ({self.bytes / 2**20:.1f} MiB)",
+            f"{self.seconds:.1f} s, {self.records_per_s:.1f} records/s",
+        ]
+
+
+class DestinationConflict(RuntimeError):
+    """The destination holds a different ingest (other corpus, settings or listing)."""
+
+
+def shard_object_key(name: str) -> str:
+    return f"{SHARDS_PREFIX}{name}.tar"
+
+
+# ---------------------------------------------------------------- refs <-> JSON (for Ray rows)
+
+def ref_to_json(ref: RecordRef) -> str:
+    from clef_platform.ingest.shards import dumps_json
+    return dumps_json(asdict(ref))
+
+
+def ref_from_json(text: str) -> RecordRef:
+    return RecordRef(**json.loads(text))
+
+
+# ------------------------------------------------------------------------- default callables
+
+def default_list_refs(corpus: str, source: Path) -> Iterator[RecordRef]:
+    from clef_platform.ingest.adapters import get_adapter
+    return get_adapter(corpus).list_records(Path(source))
+
+
+def default_process(ref: RecordRef) -> "CanonicalRecord | Quarantined":
+    from clef_platform.ingest.canonical import process_record
+    return process_record(ref)
+
+
+def _safe_process(process: ProcessFn, ref: RecordRef) -> "CanonicalRecord | Quarantined":
+    # process_record should never raise; if it does, the record is quarantined, not the job.
+    try:
+        return process(ref)
+    except Exception as e:  # noqa: BLE001 - one bad record must not stop the corpus
+        log.exception("process_record raised for %s", ref.source_path)
+        return Quarantined(ref, "read_error", f"{type(e).__name__}: {e}")
+
+
+def _quarantine_row(q: Quarantined, shard: str) -> dict[str, Any]:
+    return {"corpus": q.ref.corpus, "record_id": q.ref.record_id,
+            "patient_id": q.ref.patient_id, "source_path": q.ref.source_path,
+            "reason": q.reason, "detail": q.detail, "shard": shard}
+
+
+# -------------------------------------------------------------------------------- planning
+
+def plan_shards(refs: Iterable[RecordRef], ratios: SplitRatios, records_per_shard: int,
+                ) -> tuple[list[ShardPlan], list[Quarantined]]:
+    """Deterministic shard plan; refs whose key repeats an earlier one are rejected."""
+    by_key: dict[str, RecordRef] = {}
+    duplicates: list[Quarantined] = []
+    for ref in sorted(refs, key=lambda r: (record_key(r.corpus, r.record_id), r.source_path)):
+        key = record_key(ref.corpus, ref.record_id)
+        if key in by_key:
+            duplicates.append(Quarantined(
+                ref, "bad_reference",
+                f"duplicate record id {ref.record_id!r} (key {key}); also listed at "
+                f"{by_key[key].source_path}: keep one and fix the listing"))
+            continue
+        by_key[key] = ref
+    per_split: dict[str, list[tuple[str, RecordRef]]] = {n: [] for n in ratios.names}
+    for key in sorted(by_key):
+        ref = by_key[key]
+        per_split[assign_split(ref.patient_id, ratios)].append((key, ref))
+    plans = []
+    for split in ratios.names:
+        items = per_split[split]
+        for i, start in enumerate(range(0, len(items), records_per_shard)):
+            chunk = items[start:start + records_per_shard]
+            plans.append(ShardPlan(f"{split}-{i:06d}", split, tuple(k for k, _ in chunk),
+                                   tuple(r for _, r in chunk)))
+    return plans, duplicates
+
+
+def plan_fingerprint(cfg: IngestConfig, plans: list[ShardPlan], records_per_shard: int) -> str:
+    h = hashlib.sha256()
+    head = {"format_version": FORMAT_VERSION, "corpus": cfg.corpus,
+            "ratios": cfg.split_ratios.to_text(), "records_per_shard": records_per_shard}
+    h.update(json.dumps(head, sort_keys=True).encode())
+    for p in plans:
+        h.update(p.name.encode() + b"\0" + "\0".join(p.keys).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _probe_bytes(refs_json: list[str], process: ProcessFn) -> list[int]:
+    """Encoded sizes of a few records (runs in a Ray task: the driver never reads signals)."""
+    sizes = []
+    for text in refs_json:
+        out = _safe_process(process, ref_from_json(text))
+        if isinstance(out, CanonicalRecord):
+            sizes.append(encode_record(out, "probe").nbytes + 1024)   # + tar headers
+    return sizes
+
+
+def records_per_shard_for(refs: list[RecordRef], cfg: IngestConfig, process: ProcessFn) -> int:
+    import ray
+
+    probe = sorted(refs, key=lambda r: record_key(r.corpus, r.record_id))[:cfg.probe_records]
+    task = ray.remote(num_cpus=cfg.cpus_per_worker)(_probe_bytes)
+    sizes = ray.get(task.remote([ref_to_json(r) for r in probe], process))
+    per_record = sum(sizes) / len(sizes) if sizes else _FALLBACK_RECORD_BYTES
+    return max(1, int(cfg.shard_bytes // per_record))
+
+
+def _check_destination(store: ObjectStore, plan_doc: dict[str, Any]) -> None:
+    if store.exists(mf.PLAN_KEY):
+        old = json.loads(store.get_bytes(mf.PLAN_KEY))
+        if old.get("fingerprint") != plan_doc["fingerprint"]:
+            raise DestinationConflict(
+                f"{store.url} already holds a different ingest (corpus "
+                f"{old.get('corpus')!r}, {old.get('shards')} shards, settings or listing "
+                f"differ): use a new destination or delete it first")
+        return
+    existing = [k for k in store.list("") if not k.startswith("_ingest/")]
+    if existing:
+        raise DestinationConflict(f"{store.url} is not empty and was not written by this "
+                                  f"ingest (found {existing[0]!r}); use an empty destination")
+    store.put_bytes(mf.PLAN_KEY, json.dumps(plan_doc, sort_keys=True, indent=1).encode())
+
+
+# ------------------------------------------------------------------------ the shard task
+
+def write_shard(name: str, split: str, refs_json: str, dest: str,
+                process: ProcessFn = default_process) -> ShardResult:
+    """Read, validate and encode one planned shard's records and store the shard and its part.
+
+    Memory stays at about one record: samples stream into a local temp tar file which is then
+    uploaded atomically; the part (rows for the manifest) is written after the shard.
+    """
+    store = open_store(dest)
+    refs = [ref_from_json(t) for t in json.loads(refs_json)]
+    stored_rows: list[dict[str, Any]] = []
+    quarantined_rows: list[dict[str, Any]] = []
+    nbytes = 0
+    with tempfile.TemporaryDirectory(prefix="clef-shard-") as tmp:
+        tar_path = Path(tmp) / f"{name}.tar"
+        with open(tar_path, "wb") as f, ShardTarWriter(f) as writer:
+            for ref in refs:   # planned in key order, so the tar comes out sorted
+                out = _safe_process(process, ref)
+                if isinstance(out, Quarantined):
+                    quarantined_rows.append(_quarantine_row(out, name))
+                    continue
+                sample = encode_record(out, split)
+                writer.add(sample)
+                stored_rows.append(mf.manifest_row(sample.meta, name))
+        if stored_rows:
+            nbytes = tar_path.stat().st_size
+            store.put_file(shard_object_key(name), tar_path)
+    mf.write_part(store, name, stored_rows, quarantined_rows, shard_bytes=nbytes)
+    reasons = Counter(r["reason"] for r in quarantined_rows)
+    return ShardResult(name, len(stored_rows), len(quarantined_rows), nbytes, dict(reasons))
+
+
+def _write_shard_row(row: dict[str, Any], process: ProcessFn, dest: str) -> dict[str, Any]:
+    r = write_shard(row["name"], row["split"], row["refs"], dest, process)
+    return {"name": r.name, "stored": r.stored, "quarantined": r.quarantined,
+            "nbytes": r.nbytes, "reasons": json.dumps(r.reasons, sort_keys=True)}
+
+
+# ------------------------------------------------------------------------------ the driver
+
+ProgressFn = Callable[[ShardResult], None]
+
+
+def run_ingest(cfg: IngestConfig, *,
+               list_refs: Callable[[str, Path], Iterable[RecordRef]] = default_list_refs,
+               process: ProcessFn = default_process,
+               on_plan: Callable[[int], None] | None = None,
+               on_shard: ProgressFn | None = None) -> IngestSummary:
+    """Ingest `cfg.source` into `cfg.dest`; resumable. Ray must already be initialised.
+
+    `on_plan(n_shards)` is called once the plan is known, `on_shard(result)` per shard as it
+    completes (or is found complete from an earlier run): hooks for progress and metrics.
+    """
+    import ray
+
+    t0 = time.perf_counter()
+    store = open_store(cfg.dest)
+    refs = list(list_refs(cfg.corpus, cfg.source))
+    log.info("listed %d records of corpus %s from %s", len(refs), cfg.corpus, cfg.source)
+
+    rps = records_per_shard_for(refs, cfg, process) if refs else 1
+    plans, duplicates = plan_shards(refs, cfg.split_ratios, rps)
+    fingerprint = plan_fingerprint(cfg, plans, rps)
+    _check_destination(store, {
+        "fingerprint": fingerprint, "corpus": cfg.corpus, "shards": len(plans),
+        "records": len(refs), "records_per_shard": rps, "shard_bytes": cfg.shard_bytes,
+        "split_ratios": cfg.split_ratios.to_text(), "format_version": FORMAT_VERSION})
+
+    done = {k[len(mf.PARTS_PREFIX):-len(".json")] for k in store.list(mf.PARTS_PREFIX)
+            if k.endswith(".json")}
+    todo = [p for p in plans if p.name not in done]
+    log.info("%d shards planned (%d records/shard), %d already complete, %d to write",
+             len(plans), rps, len(plans) - len(todo), len(todo))
+    summary = IngestSummary(records_in=len(refs), records_per_shard=rps)
+    if on_plan:
+        on_plan(len(plans))
+    for p in plans:
+        if p.name in done:
+            summary.shards_skipped += 1
+            if on_shard:
+                on_shard(ShardResult(p.name, 0, 0, 0, {}, skipped=True))
+
+    if todo:
+        rows = [{"name": p.name, "split": p.split,
+                 "refs": json.dumps([ref_to_json(r) for r in p.refs])} for p in todo]
+        # One block per shard so Ray Data can run `workers` shards at once.
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
+            _write_shard_row, fn_kwargs={"process": process, "dest": cfg.dest},
+            num_cpus=cfg.cpus_per_worker,
+            compute=ray.data.TaskPoolStrategy(size=cfg.workers))
+        for out in ds.iter_rows():
+            res = ShardResult(out["name"], int(out["stored"]), int(out["quarantined"]),
+                              int(out["nbytes"]), json.loads(out["reasons"]))
+            summary.shards_written += 1
+            if on_shard:
+                on_shard(res)
+
+    # Assemble from the parts (this run's and earlier runs'), in plan order.
+    stored_rows: list[dict[str, Any]] = []
+    quarantined_rows = [_quarantine_row(q, "") for q in duplicates]
+    for p in plans:
+        s_rows, q_rows, nbytes = mf.read_part(store, p.name)
+        stored_rows += s_rows
+        quarantined_rows += q_rows
+        summary.bytes += nbytes
+        summary.shards += 1 if s_rows else 0
+    mf.write_tables(store, mf.manifest_table(stored_rows), mf.quarantine_table(quarantined_rows))
+
+    summary.stored = len(stored_rows)
+    summary.quarantined = len(quarantined_rows)
+    summary.quarantined_by_reason = dict(Counter(r["reason"] for r in quarantined_rows))
+    summary.seconds = time.perf_counter() - t0
+    summary.records_per_s = summary.records_in / summary.seconds if summary.seconds else 0.0
+    if not summary.balanced:   # a bug, never data: say it loudly
+        log.error("record balance broken: %s", summary.lines()[0])
+    return summary
