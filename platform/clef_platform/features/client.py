@@ -1,0 +1,164 @@
+"""RiskClient: SCORE2 risk and missing fraction for (patient_id, ECG time) keys.
+
+The trainer and the evaluators call it once per job with every key they will need (historical
+retrieval is ~10^5 rows/s, an online lookup per step would dominate a training step); later calls
+are answered from the in-memory cache. Point-in-time correctness comes from Feast's historical
+retrieval at each ECG time plus the per-value lookback in score2_at_ecg. A patient the store does
+not know gets missing fraction 1 (fully imputed risk), not an error. A key without a time ("")
+uses the patient's corpus-level header demographics only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from clef_platform.features.config import VIEWS
+from clef_platform.features.repo import RISK_VIEW, BuildInfo
+from clef_platform.features.schema import FAR_FUTURE, FLOOR
+from clef_platform.features.tables import to_unix, view_columns
+from clef_platform.features.transform import OUTPUTS, score2_at_ecg
+
+log = logging.getLogger(__name__)
+
+
+def normalise_time(value) -> pd.Timestamp | None:
+    """ISO string / Timestamp / datetime -> UTC Timestamp; "", None, NaT -> None (no time).
+    Naive times are taken as UTC (MIMIC's times are naive)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    ts = pd.Timestamp(value)
+    if ts is pd.NaT or pd.isna(ts):
+        return None
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+@dataclass
+class ClientStats:
+    requested: int = 0
+    cache_hits: int = 0
+    retrieved: int = 0
+    feast_calls: int = 0
+    feast_dropped: int = 0     # rows Feast left out (should stay 0; see tables.py)
+
+
+class RiskClient:
+    """`RiskClient(repo_dir)`; `lookup(keys)`, `risk_arrays(patient_ids, ecg_times)`, `online(...)`."""
+
+    def __init__(self, repo_dir: str | Path, store=None):
+        from feast import FeatureStore
+
+        self.repo = Path(repo_dir).resolve()
+        self.store = store or FeatureStore(repo_path=str(self.repo))
+        self.info = BuildInfo.load(self.repo)
+        self.ttl_seconds: dict[str, float] = self.info.config["ttl_seconds"]
+        self.region: str = self.info.config["region"]
+        self._cache: dict[tuple[str, str], tuple[float, ...]] = {}
+        self.stats = ClientStats()
+
+    @staticmethod
+    def feature_refs() -> list[str]:
+        refs = [f"{v}:{c}" for v in VIEWS for c in view_columns(v)]
+        return refs + [f"{RISK_VIEW}:{o}" for o in OUTPUTS]
+
+    @staticmethod
+    def _key(patient_id: str, ecg_time) -> tuple[str, str]:
+        ts = normalise_time(ecg_time)
+        return str(patient_id), "" if ts is None else ts.isoformat()
+
+    def _retrieve(self, keys: list[tuple[str, str]]) -> None:
+        """One historical retrieval for keys not cached yet; fills the cache."""
+        times = [normalise_time(t) for _, t in keys]
+        early = sum(t is not None and t < FLOOR for t in times)
+        if early:
+            log.warning("%d ECG times before %s are clamped to it", early, FLOOR.date())
+        event = pd.Series([FAR_FUTURE if t is None else max(t, FLOOR) for t in times],
+                          dtype="datetime64[ns, UTC]")
+        entity_df = pd.DataFrame({
+            "patient_id": [p for p, _ in keys],
+            "event_timestamp": event,
+            # No time: NaN tells score2_at_ecg to use demographics only.
+            "ecg_ts": [np.nan if t is None else float(to_unix(pd.Series([t]))[0]) for t in times],
+        })
+        job = self.store.get_historical_features(entity_df=entity_df,
+                                                 features=self.feature_refs())
+        got = job.to_df()
+        self.stats.feast_calls += 1
+        got["event_timestamp"] = pd.to_datetime(got["event_timestamp"], utc=True)
+        merged = entity_df.merge(got[["patient_id", "event_timestamp", *OUTPUTS]],
+                                 on=["patient_id", "event_timestamp"], how="left",
+                                 indicator=True)
+        dropped = (merged["_merge"] == "left_only").to_numpy()
+        if dropped.any():
+            # Safety net: recompute those rows from no observations at all (as unknown).
+            self.stats.feast_dropped += int(dropped.sum())
+            log.warning("Feast returned no row for %d keys; treating them as unknown",
+                        int(dropped.sum()))
+            fallback = score2_at_ecg(merged.loc[dropped, ["ecg_ts"]], self.ttl_seconds,
+                                     self.region)
+            merged.loc[dropped, list(OUTPUTS)] = fallback[list(OUTPUTS)].to_numpy()
+        values = merged[list(OUTPUTS)].to_numpy(dtype=float)
+        for key, row in zip(keys, values):
+            self._cache[key] = tuple(row)
+        self.stats.retrieved += len(keys)
+
+    def lookup(self, keys: Iterable[tuple[str, object]]) -> pd.DataFrame:
+        """Risk, missing fraction and the SCORE2 inputs used, one row per key, in key order."""
+        norm = [self._key(p, t) for p, t in keys]
+        self.stats.requested += len(norm)
+        todo = list(dict.fromkeys(k for k in norm if k not in self._cache))
+        self.stats.cache_hits += len(norm) - sum(1 for k in norm if k in set(todo))
+        if todo:
+            self._retrieve(todo)
+        rows = [self._cache[k] for k in norm]
+        out = pd.DataFrame(rows, columns=list(OUTPUTS)) if rows else pd.DataFrame(
+            columns=list(OUTPUTS), dtype=float)
+        out.insert(0, "patient_id", [p for p, _ in norm])
+        out.insert(1, "ecg_time", [t for _, t in norm])
+        return out
+
+    def prefetch(self, keys: Iterable[tuple[str, object]]) -> None:
+        """Warm the cache with every key of a job (one Feast call)."""
+        self.lookup(keys)
+
+    def risk_arrays(self, patient_ids: Sequence[str], ecg_times: Sequence[object]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """(risk, missing_fraction) as float32 arrays aligned with the inputs."""
+        if len(patient_ids) != len(ecg_times):
+            raise ValueError("patient_ids and ecg_times differ in length")
+        df = self.lookup(zip(patient_ids, ecg_times))
+        return (df["risk"].to_numpy(np.float32), df["missing_fraction"].to_numpy(np.float32))
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def online(self, patient_ids: Sequence[str], at=None) -> pd.DataFrame:
+        """Serving: risk from the online store's latest values (materialised rows).
+
+        `at` (ISO string / Timestamp) is the time the risk is evaluated at; by default each
+        patient's own latest known value time (MIMIC's shifted dates lie in the future, and a
+        global "now" would age every value past its lookback window)."""
+        rows = [{"patient_id": str(p)} for p in patient_ids]
+        at_ts = normalise_time(at)
+        if at_ts is None:
+            raw = self.store.get_online_features(
+                features=[f"{v}:{c}" for v in VIEWS for c in view_columns(v)
+                          if c.endswith("_ts")], entity_rows=rows).to_df()
+            ts_cols = [c for c in raw.columns if c.endswith("_ts") and c != "age_ref_ts"]
+            latest = raw[ts_cols].apply(pd.to_numeric, errors="coerce").max(axis=1)
+            ecg = latest.to_numpy(dtype=float)
+        else:
+            ecg = np.full(len(rows), float(to_unix(pd.Series([at_ts]))[0]))
+        for row, t in zip(rows, ecg):
+            # FLOOR-only patients (static facts) have no time: evaluate like a time-less record.
+            row["ecg_ts"] = None if np.isnan(t) or t <= 0 else float(t)
+        df = self.store.get_online_features(features=self.feature_refs(),
+                                            entity_rows=rows).to_df()
+        for col in OUTPUTS:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+        return df
