@@ -22,7 +22,7 @@ REASONS: dict[str, str] = {
                      "(non-numeric id, unsafe or empty path); fix the listing table",
     "missing_header_file": "the WFDB header (.hea) named by the listing does not exist",
     "garbled_header": "the header cannot be parsed: malformed record or signal line, wrong "
-                      "number of signal lines, non-numeric fields",
+                      "number of signal lines, non-numeric fields, binary bytes",
     "unsupported_format": "a WFDB variant ingestion does not take (multi-segment record, "
                           "unknown storage format)",
     "missing_signal_file": "a signal file (.dat/.mat) named in the header does not exist",
@@ -32,11 +32,12 @@ REASONS: dict[str, str] = {
                               "number of samples the header declares",
     "unreadable_signal": "wfdb could not decode the signal file",
     "invalid_sampling_rate": "sampling frequency missing, not a number, or outside the "
-                             "plausible ECG range",
+                             "plausible ECG range (min_fs-max_fs, default 50-20000 Hz)",
     "duplicate_lead_names": "two channels carry the same lead name (case-insensitive), so "
                             "the lead mapping is ambiguous",
     "absurd_header_value": "a header or metadata value is impossible: ADC gain <= 0 or "
-                           "missing (uncalibrated), age outside 0-125, no channels",
+                           "missing (uncalibrated) on a standard lead, age outside 0-125, "
+                           "no channels",
     "too_short": "shorter than the minimum duration (10 s: a CLEF view needs 5000 samples "
                  "at 500 Hz)",
     "no_usable_lead": "no standard lead survives the lead-level checks (all absent, flat, "
