@@ -112,7 +112,8 @@ class RiskClient:
         norm = [self._key(p, t) for p, t in keys]
         self.stats.requested += len(norm)
         todo = list(dict.fromkeys(k for k in norm if k not in self._cache))
-        self.stats.cache_hits += len(norm) - sum(1 for k in norm if k in set(todo))
+        todo_set = set(todo)
+        self.stats.cache_hits += sum(1 for k in norm if k not in todo_set)
         if todo:
             self._retrieve(todo)
         rows = [self._cache[k] for k in norm]
