@@ -298,7 +298,8 @@ def run_ingest(cfg: IngestConfig, *,
 
     t0 = time.perf_counter()
     store = open_store(cfg.dest)
-    refs = list(list_refs(cfg.corpus, cfg.source))
+    # Absolute paths: Ray workers (and `ray job submit` entrypoints) may run elsewhere.
+    refs = list(list_refs(cfg.corpus, Path(cfg.source).resolve()))
     log.info("listed %d records of corpus %s from %s", len(refs), cfg.corpus, cfg.source)
 
     rps = records_per_shard_for(refs, cfg, process) if refs else 1
