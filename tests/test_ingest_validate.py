@@ -213,3 +213,32 @@ def test_every_reason_is_documented():
     doc = (REPO / "docs" / "ingestion.md").read_text()
     for code in REASONS:
         assert f"`{code}`" in doc, code
+
+
+EDGE = Path("/work/shared/data/wfdb-edge-cases")
+
+
+@pytest.mark.skipif(not EDGE.is_dir(), reason="shared WFDB edge cases not available")
+def test_real_wfdb_edge_cases_never_raise_and_keep_their_leads():
+    # the edge cases repeat record names in sub-folders (v102s): ids from the relative path
+    refs = list(get_adapter("wfdb", corpus="edge", record_id="relative_path").list_records(EDGE))
+    out = {r.record_id: process_record(r) for r in refs}
+    assert len(out) == len(refs) > 50
+    assert not [o for o in out.values() if isinstance(o, Quarantined) and o.reason == "read_error"]
+    # PTB Diagnostic s0010_re: 1000 Hz, 12 leads + Frank vx, vy, vz
+    s = out["s0010_re"]
+    assert isinstance(s, CanonicalRecord) and s.lead_mask.all()
+    assert s.digital.shape == (12, 19200) and s.fs_original == 1000.0
+    assert s.quality_flags == {"record": ["non_standard_lead:vx", "non_standard_lead:vy",
+                                          "non_standard_lead:vz", "resampled_from_1000Hz"]}
+    w = wfdb.rdrecord(str(EDGE / "s0010_re"))
+    from scipy.signal import resample_poly
+
+    ref_mv = resample_poly(w.p_signal[:, 0], 1, 2)           # same filter, in float
+    assert np.abs(s.millivolts()[0] - ref_mv).max() <= 0.5 / 2000 + 1e-6   # one re-quantisation
+    assert np.corrcoef(s.millivolts()[0], w.p_signal[::2, 0])[0, 1] > 0.99
+    # base times with a one-digit hour are valid WFDB, not garbled
+    q = out["multi-segment__041s__041s01"]
+    assert isinstance(q, Quarantined) and q.reason == "too_short"    # 1000 frames at 125 Hz
+    assert out["wave_4"].reason != "garbled_header"
+    assert out["multi-segment__041s__041s"].reason == "unsupported_format"                # multi-segment master

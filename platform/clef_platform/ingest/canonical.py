@@ -68,6 +68,9 @@ def _process(ref: RecordRef, cfg: CanonicalConfig) -> CanonicalRecord:
     for ch in header.channels:
         if lead_index(ch.name) is None:
             record_flags.append(f"non_standard_lead:{ch.name}")
+    if any(header.channels[c].samps_per_frame > 1 for c in slots.values()):
+        # wfdb averages oversampled channels to the frame rate; say so rather than hide it
+        record_flags.append("multi_frequency_averaged_to_frame_rate")
 
     leads, gains, baselines, mask, flags = _map_leads(header, digital, slots, vcfg)
     if not mask.any():

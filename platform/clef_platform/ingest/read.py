@@ -150,17 +150,34 @@ def parse_header(text: str, where: str) -> HeaderInfo:
 
 
 def _base_datetime(tokens: list[str], where: str) -> str:
-    """ISO-8601 from the header's `HH:MM:SS[.s] DD/MM/YYYY`; "" without a date (a time alone
-    cannot place a record on a patient's timeline)."""
+    """ISO-8601 from the header's base time and date; "" without a date (a time alone cannot
+    place a record on a patient's timeline)."""
     if len(tokens) < 2:
         return ""
-    try:
-        t = dt.time.fromisoformat(tokens[0] if tokens[0].count(":") == 2 else "00:" + tokens[0])
-        d = dt.datetime.strptime(tokens[1], "%d/%m/%Y").date()
-    except ValueError:
+    value = parse_base_datetime(tokens[0], tokens[1])
+    if value is None:
         raise Reject("garbled_header", f"{where}: base time/date {' '.join(tokens[:2])!r} "
-                                       "is not HH:MM:SS DD/MM/YYYY") from None
-    return iso_datetime(dt.datetime.combine(d, t))
+                                       "is not [[HH:]MM:]SS[.sss] DD/MM/YYYY")
+    return iso_datetime(value)
+
+
+def parse_base_datetime(time_tok: str, date_tok: str) -> dt.datetime | None:
+    """WFDB base time `[[H]H:][M]M:SS[.sss]` (leading fields optional, hours may be one digit)
+    and date `DD/MM/YYYY`; None when either is malformed."""
+    parts = time_tok.split(":")
+    try:
+        if not 1 <= len(parts) <= 3:
+            return None
+        nums = [int(p) for p in parts[:-1]]
+        sec = float(parts[-1])
+        h, m = ([0] * (2 - len(nums)) + nums)
+        if not (0 <= h < 24 and 0 <= m < 60 and 0 <= sec < 60):
+            return None
+        d = dt.datetime.strptime(date_tok, "%d/%m/%Y")
+    except ValueError:
+        return None
+    micro = round((sec - int(sec)) * 1e6)
+    return d.replace(hour=h, minute=m, second=int(sec), microsecond=min(micro, 999_999))
 
 
 def iso_datetime(value: dt.datetime) -> str:

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clef_platform.ingest.read import iso_datetime, parse_base_datetime
+
 HEADER_COMMENT_MAX_BYTES = 64 * 1024
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_-]+")
 _LUDB_FIELD = re.compile(r"^<\s*([^>]+?)\s*>\s*:\s*(.*)$")           # `<age>: 51`
@@ -59,10 +61,9 @@ def iso_time(value: object) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     try:
-        t = dt.datetime.fromisoformat(str(value).strip())
+        return iso_datetime(dt.datetime.fromisoformat(str(value).strip()))
     except ValueError:
         return ""
-    return t.isoformat(timespec="seconds" if t.microsecond == 0 else "milliseconds")
 
 
 def read_header_head(hea: Path) -> str:
@@ -121,12 +122,5 @@ def header_meta(text: str) -> HeaderMeta:
 
 def _record_line_datetime(record_line: str) -> str:
     tok = record_line.split()
-    if len(tok) < 6:
-        return ""
-    try:
-        t = dt.time.fromisoformat(tok[4] if tok[4].count(":") == 2 else "00:" + tok[4])
-        d = dt.datetime.strptime(tok[5], "%d/%m/%Y").date()
-    except ValueError:
-        return ""
-    v = dt.datetime.combine(d, t)
-    return v.isoformat(timespec="seconds" if v.microsecond == 0 else "milliseconds")
+    value = parse_base_datetime(tok[4], tok[5]) if len(tok) >= 6 else None
+    return "" if value is None else iso_datetime(value)
