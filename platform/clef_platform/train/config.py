@@ -1,0 +1,353 @@
+"""One typed configuration for distributed pretraining, with per-scale presets.
+
+Precedence, lowest first: dataclass defaults -> the preset of the chosen scale -> a YAML file
+(`--config`) -> command-line options. `PretrainConfig.from_args(argv)` applies all four;
+`parser()` builds the argparse parser from the dataclasses themselves, so every field has exactly
+one CLI option and its `--help` text is the field's `help` metadata.
+
+YAML files mirror the nesting, for example::
+
+    scale: medium
+    optim: {lr: 5.0e-4, warmup_steps: 500}
+    deepspeed: {zero_stage: 2}
+    cluster: {workers: 8, gpus_per_worker: 1}
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCALE_NAMES = ("small", "medium", "large")
+METHODS = ("clef", "simclr", "byol", "moco")
+
+
+def _f(default, help: str, **kw):
+    """A dataclass field carrying its CLI help text."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(1e-3, "peak learning rate of AdamW (reached after warmup)")
+    weight_decay: float = _f(1e-4, "AdamW decoupled weight decay")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.999, "AdamW beta2")
+    eps: float = _f(1e-8, "AdamW epsilon")
+    warmup_steps: int = _f(20, "linear warmup from 0 to lr over this many optimiser steps")
+    min_lr_ratio: float = _f(0.1, "cosine decay ends at lr * min_lr_ratio at the last step")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this value (0 disables)")
+    grad_accum: int = _f(1, "gradient accumulation micro-steps per optimiser step")
+
+
+@dataclass
+class DeepSpeedConfig:
+    enabled: bool = _f(True, "train through DeepSpeed; false = plain DDP via "
+                             "ray.train.torch.prepare_model (CLI: --no-deepspeed)")
+    zero_stage: int = _f(1, "DeepSpeed ZeRO stage 0-3 (partition optimiser states, grads, params)",
+                         choices=[0, 1, 2, 3])
+    precision: str = _f("auto", "auto = bf16 on GPU, fp32 on CPU; or force bf16 / fp32",
+                        choices=["auto", "bf16", "fp32"])
+    activation_checkpointing: bool = _f(False, "recompute each encoder block in backward "
+                                               "(trades ~1/3 more compute for memory)")
+
+
+@dataclass
+class DataConfig:
+    data: str = _f("", "ingested dataset URL (local folder, file:// or s3://) holding "
+                       "manifest.parquet and the WebDataset shards")
+    split: str = _f("train", "manifest split to train on")
+    features: str = _f("", "Feast feature repository folder for risk and missing fraction; "
+                           "empty = no metadata (risk 0, all missing) - only sensible for simclr/byol/moco")
+    loader_workers: int = _f(1, "DataLoader worker processes per training worker")
+    shuffle_buffer: int = _f(256, "records in each reader's shuffle buffer")
+    views_on: str = _f("device", "where CLEF views are made: 'device' (batched, in the training "
+                                 "step, on the GPU when there is one) or 'loader' (in DataLoader "
+                                 "worker processes)", choices=["device", "loader"])
+    view_length: int = _f(5000, "samples per view (500 Hz; CLEF uses 5000 = 10 s)")
+    order: str = _f("stream", "'stream': each rank streams its own resampled shards (training); "
+                              "'global': every rank reads one deterministic record order and takes "
+                              "its slice of each global batch (debugging / equivalence checks)",
+                    choices=["stream", "global"])
+
+
+@dataclass
+class ClusterConfig:
+    workers: int = _f(2, "Ray Train workers (data-parallel ranks)")
+    gpus_per_worker: float = _f(0.0, "GPUs per worker (0 = CPU training over gloo)")
+    cpus_per_worker: float = _f(1.0, "logical CPUs reserved per worker; keep below the node's "
+                                     "cores so loader tasks can still be scheduled")
+    address: str = _f("", "Ray address to join; empty = RAY_ADDRESS or the running cluster, "
+                          "'local' = always start a private one")
+    max_failures: int = _f(3, "worker-group restarts Ray Train attempts after a failure")
+
+
+@dataclass
+class CheckpointConfig:
+    storage: str = _f("out/runs", "where runs live (local folder or s3://bucket/prefix); "
+                                  "checkpoints and exports go under <storage>/<run-name>")
+    run_name: str = _f("clef-pretrain", "run name: the folder under --storage; rerun with the "
+                                        "same name and --resume to continue")
+    every: int = _f(50, "checkpoint (and export the encoder) every N optimiser steps, and at the end")
+    keep: int = _f(3, "DeepSpeed checkpoints Ray keeps (exports are all kept)")
+    resume: bool = _f(False, "continue the run from its latest checkpoint: step count, "
+                             "optimiser and schedule")
+
+
+@dataclass
+class MetricsConfig:
+    port: int = _f(0, "Prometheus port on 127.0.0.1 for rank 0 (rank k uses port + k); "
+                      "0 = no HTTP server")
+    log_every: int = _f(10, "rank 0 logs a progress line every N steps")
+
+
+@dataclass
+class PretrainConfig:
+    scale: str = _f("small", "encoder scale; selects the preset", choices=list(SCALE_NAMES))
+    method: str = _f("clef", "objective: clef (risk-weighted), simclr (NT-Xent), byol, moco",
+                     choices=list(METHODS))
+    steps: int = _f(200, "optimiser steps to train (the total, counting resumed ones)")
+    batch_per_worker: int = _f(64, "records per worker per micro-step; global batch = "
+                                   "batch_per_worker x workers")
+    seed: int = _f(0, "seed for initialisation and views (views depend on seed, record, epoch)")
+    temperature: float = _f(0.07, "contrastive temperature")
+    moco_queue: int = _f(4096, "MoCo negatives queue length")
+    momentum: float = _f(0.99, "BYOL / MoCo target encoder EMA momentum")
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    # ---- derived -------------------------------------------------------------------------
+    @property
+    def global_batch(self) -> int:
+        return self.batch_per_worker * self.cluster.workers
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.cluster.gpus_per_worker > 0
+
+    @property
+    def bf16(self) -> bool:
+        if self.deepspeed.precision == "auto":
+            return self.use_gpu
+        return self.deepspeed.precision == "bf16"
+
+    def validate(self) -> "PretrainConfig":
+        errors = []
+        if self.scale not in SCALE_NAMES:
+            errors.append(f"scale must be one of {SCALE_NAMES}")
+        if self.method not in METHODS:
+            errors.append(f"method must be one of {METHODS}")
+        for name, value in (("steps", self.steps), ("batch_per_worker", self.batch_per_worker),
+                            ("cluster.workers", self.cluster.workers),
+                            ("checkpoint.every", self.checkpoint.every),
+                            ("optim.grad_accum", self.optim.grad_accum)):
+            if value < 1:
+                errors.append(f"{name} must be >= 1, got {value}")
+        if self.deepspeed.zero_stage not in (0, 1, 2, 3):
+            errors.append("deepspeed.zero_stage must be 0-3")
+        if self.method == "clef" and not self.data.features:
+            errors.append("method clef needs --features (risk and missing fraction)")
+        if not self.data.data:
+            errors.append("--data (an ingested dataset URL) is required")
+        if self.bf16 and not self.deepspeed.enabled and not self.use_gpu:
+            errors.append("bf16 without DeepSpeed is only supported on GPU")
+        if errors:
+            raise ValueError("invalid pretraining config: " + "; ".join(errors))
+        return self
+
+    # ---- (de)serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PretrainConfig":
+        cfg = cls()
+        apply_overrides(cfg, d)
+        return cfg
+
+    @classmethod
+    def preset(cls, scale: str) -> "PretrainConfig":
+        if scale not in PRESETS:
+            raise ValueError(f"unknown scale {scale!r}; expected one of {SCALE_NAMES}")
+        cfg = cls()
+        apply_overrides(cfg, PRESETS[scale])
+        return cfg
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> "PretrainConfig":
+        """Preset of the scale -> YAML (--config) -> CLI options."""
+        p = parser()
+        ns = p.parse_args(argv)
+        given = dict(vars(ns))
+        config_path = given.pop("config", None)
+        yaml_d: dict[str, Any] = load_yaml(config_path) if config_path else {}
+        scale = given.get("scale") or yaml_d.get("scale") or "small"
+        cfg = cls.preset(scale)
+        apply_overrides(cfg, yaml_d)
+        apply_overrides(cfg, _unflatten(given))
+        try:
+            return cfg.validate()
+        except ValueError as e:
+            p.error(str(e))
+            raise  # unreachable
+
+
+# Per-scale presets (overrides of the defaults above). Batches are per worker.
+# small: CPU-friendly; medium/large: one 80 GB GPU per worker, bf16.
+# Measured footprints and throughput are in docs/training.md.
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": {
+        "batch_per_worker": 64,
+        "optim": {"lr": 1e-3, "warmup_steps": 20, "grad_clip": 1.0, "grad_accum": 1},
+        "deepspeed": {"zero_stage": 1, "activation_checkpointing": False},
+    },
+    "medium": {
+        "batch_per_worker": 256,
+        "optim": {"lr": 5e-4, "warmup_steps": 500, "grad_clip": 1.0, "grad_accum": 1},
+        "deepspeed": {"zero_stage": 2, "activation_checkpointing": False},
+        "data": {"loader_workers": 4, "shuffle_buffer": 2048},
+        "cluster": {"gpus_per_worker": 1, "cpus_per_worker": 8},
+    },
+    "large": {
+        "batch_per_worker": 256,
+        "optim": {"lr": 3e-4, "warmup_steps": 1000, "grad_clip": 1.0, "grad_accum": 2},
+        "deepspeed": {"zero_stage": 2, "activation_checkpointing": True},
+        "data": {"loader_workers": 6, "shuffle_buffer": 4096},
+        "cluster": {"gpus_per_worker": 1, "cpus_per_worker": 10},
+    },
+}
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    with open(path) as f:
+        d = yaml.safe_load(f) or {}
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return d
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(tp, value):
+    if value is None:
+        return value
+    if tp is bool:
+        if isinstance(value, str):
+            return value.lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if tp in (int, float, str):
+        return tp(value)
+    return value
+
+
+def apply_overrides(obj, d: dict[str, Any], prefix: str = "") -> None:
+    """Set fields of a (nested) dataclass from a (nested or dotted) dict; unknown keys raise."""
+    hints = _hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in d.items():
+        if "." in key:
+            head, rest = key.split(".", 1)
+            apply_overrides(obj, {head: {rest: value}}, prefix)
+            continue
+        key_n = key.replace("-", "_")
+        if key_n not in names:
+            raise ValueError(f"unknown config key {prefix + key!r}")
+        current = getattr(obj, key_n)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {prefix + key!r} must be a mapping")
+            apply_overrides(current, value, prefix + key_n + ".")
+        else:
+            setattr(obj, key_n, _coerce(hints[key_n], value))
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in flat.items():
+        parts = k.split("__")
+        d = out
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        d[parts[-1]] = v
+    return out
+
+
+# Short CLI spellings for the options the job is usually run with.
+_ALIASES = {
+    "data.data": ["--data"],
+    "data.features": ["--features"],
+    "checkpoint.storage": ["--storage"],
+    "checkpoint.run_name": ["--run-name"],
+    "checkpoint.resume": ["--resume"],
+    "checkpoint.every": ["--checkpoint-every"],
+    "cluster.workers": ["--workers"],
+    "cluster.gpus_per_worker": ["--gpus-per-worker"],
+    "cluster.cpus_per_worker": ["--cpus-per-worker"],
+    "cluster.address": ["--address"],
+    "cluster.max_failures": ["--max-failures"],
+    "metrics.port": ["--metrics-port"],
+    "deepspeed.zero_stage": ["--zero-stage"],
+    "deepspeed.precision": ["--precision"],
+    "optim.lr": ["--lr"],
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pretrain.py",
+        description="Distributed CLEF pretraining on Ray Train + DeepSpeed. Values come from the "
+                    "scale's preset, then --config YAML, then these options. Nested fields are "
+                    "spelled --section.field (e.g. --optim.lr) or by their short alias.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--config", help="YAML file of overrides (same nesting as the config)")
+    p.add_argument("--no-deepspeed", dest="deepspeed__enabled", action="store_false",
+                   help="plain DDP through ray.train.torch.prepare_model instead of DeepSpeed")
+
+    def add(cls, prefix: str, group):
+        hints = _hints(cls)
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            dotted = prefix + f.name
+            if dataclasses.is_dataclass(tp):
+                add(tp, dotted + ".", p.add_argument_group(f.name, tp.__doc__ and None))
+                continue
+            names = [f"--{dotted}"] if prefix else [f"--{f.name.replace('_', '-')}"]
+            if prefix and f"--{dotted.replace('_', '-')}" not in names:
+                names.append(f"--{dotted.replace('_', '-')}")
+            names += [a for a in _ALIASES.get(dotted, []) if a not in names]
+            dest = dotted.replace(".", "__")
+            help_ = f.metadata.get("help", "")
+            default = getattr(defaults, f.name)
+            help_ += f" (default: {default!r}; presets may change it)"
+            if tp is bool:
+                group.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction,
+                                   help=help_)
+            else:
+                group.add_argument(*names, dest=dest, type=tp, help=help_,
+                                   choices=f.metadata.get("choices"),
+                                   metavar=None if f.metadata.get("choices") else tp.__name__.upper())
+
+    add(PretrainConfig, "", p)
+    p.epilog = "presets (per worker):\n" + json.dumps(PRESETS, indent=1)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    return p

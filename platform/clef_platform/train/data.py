@@ -1,0 +1,243 @@
+"""Training data per worker: shard stream -> crop -> risk/missing -> (views) -> batches.
+
+- Records come from `clef_platform.loader.record_dataset` (the split's shards, resampled with
+  replacement and split across (rank, DataLoader worker) readers).
+- Risk and missing fraction come from a `RiskTable` built once per job on the driver with the
+  feature store's `RiskClient` for every record of the split (one historical retrieval) and
+  shipped to the workers through Ray's object store; batches look their records up by key.
+- Views of a record depend only on (seed, record key, epoch): `clef_model.views.record_seed`.
+  "epoch" is the optimiser step divided by the steps one pass over the split takes, so a record
+  gets the same views whatever worker layout or batch it lands in.
+- `views_on="device"` ships the (cropped) 12-lead signals and makes views in the training step
+  (batched, on the GPU when there is one); `views_on="loader"` makes them in the DataLoader
+  worker processes and ships two [B, 1, L] views.
+- `order="global"`: every rank reads the same deterministic record sequence (exact pass over the
+  sorted shards, no shuffle, cycling) and takes its slice of each global batch, so the global
+  batch is identical for any number of workers. Costs world x reading; for checks, not speed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from clef_model.views import ViewConfig, make_views, record_seed
+
+log = logging.getLogger(__name__)
+
+
+class NotEnoughShardsForReaders(ValueError):
+    """Fewer shards in the split than (workers x DataLoader workers) readers."""
+
+
+# ---- risk ------------------------------------------------------------------------------------
+
+@dataclass
+class RiskTable:
+    """Per record key: SCORE2 risk and missing fraction, as the feature store returned them."""
+
+    keys: list[str]
+    risk: np.ndarray      # float32 [N]
+    missing: np.ndarray   # float32 [N]
+
+    def __post_init__(self) -> None:
+        self._index = {k: i for i, k in enumerate(self.keys)}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def lookup(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            idx = np.fromiter((self._index[k] for k in keys), dtype=np.int64, count=len(keys))
+        except KeyError as e:
+            raise KeyError(f"record {e.args[0]!r} is not in the job's risk table (was the "
+                           f"dataset re-ingested after the job started?)") from None
+        return self.risk[idx], self.missing[idx]
+
+    @classmethod
+    def unknown(cls, keys: list[str]) -> "RiskTable":
+        """No metadata: risk 0, all inputs missing (SimCLR/BYOL/MoCo ignore it)."""
+        n = len(keys)
+        return cls(list(keys), np.zeros(n, np.float32), np.ones(n, np.float32))
+
+
+def read_split_manifest(data_url: str, split: str):
+    """The manifest rows of one split (pandas), sorted by key."""
+    from clef_platform.ingest.manifest import read_manifest
+    from clef_platform.storage import open_store
+
+    df = read_manifest(open_store(data_url)).to_pandas()
+    df = df[df["split"] == split].sort_values("key").reset_index(drop=True)
+    if df.empty:
+        raise ValueError(f"split {split!r} has no records in {data_url}")
+    return df
+
+
+def fetch_risk_table(data_url: str, split: str, features: str, client=None) -> RiskTable:
+    """One RiskClient call for every record of the split (driver side, once per job)."""
+    df = read_split_manifest(data_url, split)
+    keys = df["key"].tolist()
+    if not features and client is None:
+        return RiskTable.unknown(keys)
+    if client is None:
+        from clef_platform.features.client import RiskClient
+
+        client = RiskClient(features)
+    risk, missing = client.risk_arrays(df["patient_id"].tolist(), df["ecg_time"].fillna("").tolist())
+    table = RiskTable(keys, np.asarray(risk, np.float32), np.asarray(missing, np.float32))
+    log.info("risk table: %d records, risk mean %.4f, missing mean %.3f (one feature-store call)",
+             len(table), float(np.nanmean(table.risk)), float(np.mean(table.missing)))
+    return table
+
+
+def resolve_risk_table(ref) -> RiskTable:
+    """The table from a Ray ObjectRef (driver put it once) or the table itself."""
+    if ref is None:
+        raise ValueError("no risk table passed to the training loop")
+    if isinstance(ref, RiskTable):
+        return ref
+    import ray
+
+    return ray.get(ref)
+
+
+# ---- batches ----------------------------------------------------------------------------------
+
+def crop(signal: np.ndarray, length: int, seed: int) -> np.ndarray:
+    """[12, T] -> [12, length]: a window whose start derives from the record's seed (records
+    shorter than `length` are zero-padded on the right; ingestion quarantines < 10 s)."""
+    t = signal.shape[1]
+    if t == length:
+        return signal
+    if t < length:
+        out = np.zeros((signal.shape[0], length), dtype=signal.dtype)
+        out[:, :t] = signal
+        return out
+    start = (seed >> 11) % (t - length + 1)
+    return signal[:, start:start + length]
+
+
+def collate(records: list[dict], micro: int, *, seed: int, accum: int, steps_per_epoch: int,
+            length: int, risk_table: RiskTable, vcfg: ViewConfig | None) -> dict[str, Any]:
+    """Records of one micro-batch -> tensors; views too when `vcfg` is given."""
+    step = micro // accum
+    epoch = step // max(1, steps_per_epoch)
+    keys = [r["key"] for r in records]
+    seeds = [record_seed(seed, k, epoch) for k in keys]
+    signals = torch.from_numpy(np.stack([crop(np.asarray(r["signal"], np.float32), length, s)
+                                         for r, s in zip(records, seeds)]))
+    lead_mask = torch.from_numpy(np.stack([np.asarray(r["lead_mask"], bool) for r in records]))
+    risk, missing = risk_table.lookup(keys)
+    out = {"keys": keys, "micro": micro, "epoch": epoch,
+           "seeds": torch.tensor(seeds, dtype=torch.int64),
+           "risk": torch.from_numpy(np.ascontiguousarray(risk)),
+           "missing": torch.from_numpy(np.ascontiguousarray(missing))}
+    if vcfg is not None:
+        out["v1"], out["v2"] = make_views(signals, lead_mask, out["seeds"], vcfg)
+    else:
+        out["signals"], out["lead_mask"] = signals, lead_mask
+    return out
+
+
+class _Batches(torch.utils.data.IterableDataset):
+    """Batches of one rank, built inside its DataLoader workers.
+
+    DataLoader workers hand out batches round-robin, so worker w of W produces micro-batches
+    start + w, start + w + W, ...; each batch knows its micro index (hence step and epoch).
+    """
+
+    def __init__(self, cfg, rank: int, world: int, risk_table: RiskTable, vcfg: ViewConfig,
+                 start_micro: int, steps_per_epoch: int):
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.risk_table, self.vcfg = risk_table, vcfg
+        self.start_micro, self.steps_per_epoch = start_micro, steps_per_epoch
+
+    def _records(self, wid: int, nw: int) -> Iterator[dict]:
+        from clef_platform.loader import LoaderConfig, record_dataset
+
+        c = self.cfg
+        if c.data.order == "global":
+            # Every rank, one reader: the whole split in shard/key order, again and again.
+            lc = LoaderConfig(url=c.data.data, split=c.data.split, mode="exact", shuffle_buffer=0,
+                              rank=0, world_size=1)
+            while True:
+                yield from record_dataset(lc)
+        lc = LoaderConfig(url=c.data.data, split=c.data.split, mode="train",
+                          shuffle_buffer=c.data.shuffle_buffer,
+                          # the epoch of the shard sampler moves on after a restart, so a resumed
+                          # run does not replay the records it already saw
+                          seed=c.seed, epoch=self.start_micro, rank=self.rank, world_size=self.world)
+        yield from record_dataset(lc)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        c = self.cfg
+        b = c.batch_per_worker
+        vcfg = self.vcfg if c.data.views_on == "loader" else None
+        kw = dict(seed=c.seed, accum=c.optim.grad_accum, steps_per_epoch=self.steps_per_epoch,
+                  length=c.data.view_length, risk_table=self.risk_table, vcfg=vcfg)
+        micro = self.start_micro + wid
+        it = self._records(wid, nw)
+        if c.data.order == "global":
+            # One reader per rank (make_batches caps DataLoader workers at 1). Global batch g is
+            # records [g*B*world, (g+1)*B*world) of the sequence; this rank takes its slice.
+            gb, g, buf = b * self.world, 0, []
+            for rec in it:
+                buf.append(rec)
+                if len(buf) == gb:
+                    if g >= self.start_micro:
+                        yield collate(buf[self.rank * b:(self.rank + 1) * b], g, **kw)
+                    buf, g = [], g + 1
+            return
+        while True:
+            recs = [next(it) for _ in range(b)]
+            yield collate(recs, micro, **kw)
+            micro += nw
+
+
+def check_readers(cfg, n_shards: int) -> None:
+    readers = cfg.cluster.workers * max(1, cfg.data.loader_workers)
+    if n_shards < readers:
+        raise NotEnoughShardsForReaders(
+            f"{n_shards} shard(s) in split {cfg.data.split!r} of {cfg.data.data} for {readers} "
+            f"readers ({cfg.cluster.workers} workers x {max(1, cfg.data.loader_workers)} "
+            f"DataLoader workers): each reader needs its own shard. Use fewer workers or "
+            f"--data.loader_workers, or re-ingest with a smaller --shard-bytes")
+
+
+def make_batches(cfg, rank: int, world: int, risk_table: RiskTable, vcfg: ViewConfig,
+                 start_micro: int, steps_per_epoch: int) -> Iterator[dict]:
+    """An endless iterator of this rank's micro-batches, starting at micro-batch `start_micro`."""
+    ds = _Batches(cfg, rank, world, risk_table, vcfg, start_micro, steps_per_epoch)
+    nw = max(0, cfg.data.loader_workers)
+    if cfg.data.order == "global":
+        nw = min(nw, 1)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=nw, persistent_workers=False,
+        prefetch_factor=2 if nw else None,
+        multiprocessing_context="fork" if nw else None)
+    return iter(loader)
+
+
+def write_trace(trace_dir: str, rank: int, step: int, micro: int, batch: dict,
+                risk: torch.Tensor, missing: torch.Tensor, loss: float) -> None:
+    """Debug trace of what reached the loss (keys, risk, missing): tests compare it with the
+    RiskClient. Record keys appear only here, never in metrics."""
+    d = Path(trace_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / f"rank{rank}_step{step}_micro{micro}.json", "w") as f:
+        json.dump({"rank": rank, "step": step, "micro": micro, "keys": batch["keys"],
+                   "epoch": batch["epoch"], "risk": risk.detach().cpu().tolist(),
+                   "missing": missing.detach().cpu().tolist(), "loss": loss}, f)
+
+
+def steps_per_epoch(n_records: int, global_batch: int) -> int:
+    return max(1, math.ceil(n_records / global_batch))

@@ -1,0 +1,150 @@
+"""Training metrics: Prometheus gauges per worker, and a progress board the driver reads.
+
+Every worker serves its own registry on 127.0.0.1:<port + rank> (port 0 = no server). Labels
+are only `rank` (and `scope` for samples/s): never patient or record ids.
+
+The driver cannot scrape workers on other nodes, so rank 0 also pushes a summary to a tiny
+detached-free Ray actor (`ProgressBoard`) every `log_every` steps; the driver polls it and logs
+one progress line per interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import ray
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainMetrics:
+    rank: int
+    world: int
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r, lab = self.registry, ["rank"]
+        self.samples_per_s = Gauge("clef_train_samples_per_second",
+                                   "Training samples/s (scope=global: all ranks, from rank 0; "
+                                   "scope=worker: this rank)", ["scope", "rank"], registry=r)
+        self.step_seconds = Gauge("clef_train_step_seconds", "Wall time of the last optimiser step",
+                                  lab, registry=r)
+        self.data_wait = Gauge("clef_train_data_wait_seconds",
+                               "Time the last step waited for its batch(es)", lab, registry=r)
+        self.data_wait_frac = Gauge("clef_train_data_wait_fraction",
+                                    "Share of step time spent waiting for data", lab, registry=r)
+        self.loss = Gauge("clef_train_loss", "Loss of the last step (global batch)", lab, registry=r)
+        self.lr = Gauge("clef_train_learning_rate", "Learning rate of the last step", lab, registry=r)
+        self.grad_norm = Gauge("clef_train_grad_norm", "Global gradient norm before clipping",
+                               lab, registry=r)
+        self.step = Gauge("clef_train_step", "Optimiser steps completed", lab, registry=r)
+        self.gpu_mem = Gauge("clef_train_gpu_memory_bytes", "GPU memory (kind=allocated|peak)",
+                             ["kind", "rank"], registry=r)
+        self.last_ckpt = Gauge("clef_train_last_checkpoint_step", "Step of the last checkpoint",
+                               lab, registry=r)
+        self._server = None
+
+    def serve(self, base_port: int) -> int | None:
+        if not base_port:
+            return None
+        port = base_port + self.rank
+        try:
+            self._server, _ = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        except OSError as e:  # a port clash must never kill training
+            log.warning("rank %d: Prometheus port %d unavailable (%s); metrics not served",
+                        self.rank, port, e)
+            return None
+        log.info("rank %d: Prometheus metrics on http://127.0.0.1:%d/metrics", self.rank, port)
+        return port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def update(self, *, step: int, loss: float, lr: float, grad_norm: float | None,
+               step_s: float, wait_s: float, samples: int, device=None) -> None:
+        rk = str(self.rank)
+        worker_sps = samples / step_s if step_s > 0 else 0.0
+        self.samples_per_s.labels("worker", rk).set(worker_sps)
+        if self.rank == 0:
+            # Every rank takes the same step in lock-step: global rate = world x own rate.
+            self.samples_per_s.labels("global", rk).set(worker_sps * self.world)
+        self.step_seconds.labels(rk).set(step_s)
+        self.data_wait.labels(rk).set(wait_s)
+        self.data_wait_frac.labels(rk).set(wait_s / step_s if step_s > 0 else 0.0)
+        self.loss.labels(rk).set(loss)
+        self.lr.labels(rk).set(lr)
+        if grad_norm is not None:
+            self.grad_norm.labels(rk).set(grad_norm)
+        self.step.labels(rk).set(step)
+        if device is not None and getattr(device, "type", "cpu") == "cuda":
+            import torch
+
+            self.gpu_mem.labels("allocated", rk).set(torch.cuda.memory_allocated(device))
+            self.gpu_mem.labels("peak", rk).set(torch.cuda.max_memory_allocated(device))
+
+    def checkpointed(self, step: int) -> None:
+        self.last_ckpt.labels(str(self.rank)).set(step)
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """Latest progress of a run (pushed by rank 0, read by the driver)."""
+
+    def __init__(self) -> None:
+        self._latest: dict = {}
+
+    def push(self, info: dict) -> None:
+        self._latest = info
+
+    def latest(self) -> dict:
+        return self._latest
+
+
+class ProgressLogger:
+    """Driver side: poll the board every `interval` s and log one line when something moved."""
+
+    def __init__(self, board, interval: float = 10.0, logger: logging.Logger | None = None):
+        self.board, self.interval = board, interval
+        self.log = logger or log
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+        self._last_step = -1
+        self.lines: list[str] = []
+
+    def start(self) -> "ProgressLogger":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
+        self._emit()
+
+    def _emit(self) -> None:
+        try:
+            info = ray.get(self.board.latest.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - the board may be gone at shutdown
+            return
+        if not info or info.get("step", -1) == self._last_step:
+            return
+        self._last_step = info["step"]
+        line = (f"step {info['step']}/{info['steps']} loss {info['loss']:.4f} "
+                f"lr {info['lr']:.2e} grad_norm {info.get('grad_norm') or 0:.3f} "
+                f"{info['samples_per_s']:.1f} samples/s (global) step {info['step_s']:.3f}s "
+                f"data-wait {100 * info['wait_frac']:.1f}% last ckpt {info.get('last_ckpt')}")
+        self.lines.append(line)
+        self.log.info(line)
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.wait(self.interval):
+            self._emit()
+        del t0

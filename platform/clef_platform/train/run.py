@@ -1,0 +1,186 @@
+"""Driver side: `run_pretraining(cfg)` starts (or joins) Ray and runs the TorchTrainer.
+
+    from clef_platform.train import PretrainConfig, run_pretraining
+    cfg = PretrainConfig.preset("small"); cfg.data.data = "out/ludb"; ...
+    result = run_pretraining(cfg)
+
+Before any worker starts, the driver checks the run folder (no silent overwrite of an existing
+run without --resume), the shards (fewer shards than readers is an error), fetches the risk table
+once with the feature-store client and puts it into Ray's object store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from clef_platform.train.config import PretrainConfig
+
+log = logging.getLogger("clef_platform.train")
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    metrics: dict
+    checkpoint_path: str | None
+    exports: dict[int, str]
+    error: BaseException | None = None
+    progress: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def init_ray(cfg: PretrainConfig) -> None:
+    """Join the configured / running cluster, else start a local one with enough logical CPUs
+    for the workers plus their loaders (2-core machines: Ray must not think the workers hold
+    every CPU)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    addr = cfg.cluster.address or os.environ.get("RAY_ADDRESS", "")
+    if addr and addr != "local":
+        ray.init(address=addr)
+        return
+    if not addr:
+        try:
+            ray.init(address="auto")
+            log.info("joined the running Ray cluster")
+            return
+        except (ConnectionError, RuntimeError, ValueError):
+            pass
+    need = cfg.cluster.workers * cfg.cluster.cpus_per_worker + 1
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
+             include_dashboard=False)
+    log.info("started a local Ray instance")
+
+
+def _fs_and_path(storage: str):
+    """(pyarrow filesystem, path) for Ray's storage_path."""
+    if storage.startswith("s3://"):
+        from clef_platform.storage import S3Store
+
+        s = S3Store(storage)
+        return s.arrow_filesystem(), f"{s.bucket}/{s.prefix}".rstrip("/")
+    import pyarrow.fs as pafs
+
+    path = urlparse(storage).path if storage.startswith("file://") else storage
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def find_checkpoints(cfg: PretrainConfig) -> list[tuple[int, str]]:
+    """[(step, path)] of the run's Ray checkpoints, oldest first (read from clef_run.json)."""
+    import pyarrow.fs as pafs
+
+    fs, root = _fs_and_path(cfg.checkpoint.storage)
+    run = posixpath.join(root, cfg.checkpoint.run_name)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(run, allow_not_found=True))
+    except FileNotFoundError:
+        return []
+    out = []
+    for info in infos:
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_stream(posixpath.join(info.path, "clef_run.json")) as f:
+                out.append((int(json.loads(f.read())["step"]), info.path))
+        except (FileNotFoundError, OSError, KeyError, ValueError):
+            continue  # incomplete checkpoint
+    return sorted(out)
+
+
+def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | None = None,
+                    trace_steps: int = 0, progress_interval: float = 10.0,
+                    raise_on_error: bool = True) -> RunResult:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from clef_platform.train import data as D
+    from clef_platform.train.export import list_exports
+    from clef_platform.train.loop import train_loop
+    from clef_platform.train.metrics import ProgressBoard, ProgressLogger
+
+    cfg.validate()
+    t0 = time.monotonic()
+    run_dir = f"{cfg.checkpoint.storage.rstrip('/')}/{cfg.checkpoint.run_name}"
+
+    # ---- the run folder: resume or refuse to overwrite -------------------------------------
+    existing = find_checkpoints(cfg)
+    exports = list_exports(cfg.checkpoint.storage, cfg.checkpoint.run_name)
+    if (existing or exports) and not cfg.checkpoint.resume:
+        raise FileExistsError(
+            f"run {run_dir} already has checkpoints (last step "
+            f"{existing[-1][0] if existing else max(exports)}); pass --resume to continue it or "
+            f"choose another --run-name")
+    resume_from = existing[-1][1] if (existing and cfg.checkpoint.resume) else None
+    if cfg.checkpoint.resume:
+        if resume_from:
+            log.info("resuming %s from step %d", run_dir, existing[-1][0])
+        else:
+            log.warning("--resume: %s has no checkpoint yet; starting from step 0", run_dir)
+
+    # ---- data checks and the risk table (once per job) -------------------------------------
+    manifest = D.read_split_manifest(cfg.data.data, cfg.data.split)
+    D.check_readers(cfg, manifest["shard"].nunique())
+    table = D.fetch_risk_table(cfg.data.data, cfg.data.split,
+                               cfg.data.features if cfg.method == "clef" or risk_client else "",
+                               client=risk_client)
+    spe = D.steps_per_epoch(len(manifest), cfg.global_batch * cfg.optim.grad_accum)
+
+    init_ray(cfg)
+    table_ref = ray.put(table)
+    board = ProgressBoard.remote()
+    progress = ProgressLogger(board, interval=progress_interval, logger=log).start()
+
+    fs, storage_path = _fs_and_path(cfg.checkpoint.storage)
+    cpus = cfg.cluster.cpus_per_worker
+    resources = {"CPU": cpus}
+    if cfg.use_gpu:
+        resources["GPU"] = cfg.cluster.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": cfg.to_dict(), "risk_table": table_ref, "steps_per_epoch": spe,
+                           "progress_board": board, "trace_dir": trace_dir,
+                           "trace_steps": trace_steps, "resume_from": resume_from},
+        scaling_config=ScalingConfig(num_workers=cfg.cluster.workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=cfg.checkpoint.run_name, storage_path=storage_path,
+            storage_filesystem=fs if cfg.checkpoint.storage.startswith("s3://") else None,
+            failure_config=FailureConfig(max_failures=cfg.cluster.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep)),
+    )
+    log.info("training %s-%s: %d workers x batch %d (global %d) for %d steps -> %s",
+             cfg.method, cfg.scale, cfg.cluster.workers, cfg.batch_per_worker, cfg.global_batch,
+             cfg.steps, run_dir)
+    error = None
+    try:
+        result = trainer.fit()
+        metrics, ckpt = result.metrics or {}, result.checkpoint
+        error = result.error
+    except Exception as e:  # noqa: BLE001 - Ray raises TrainingFailedError
+        metrics, ckpt, error = {}, None, e
+    finally:
+        progress.stop()
+        try:
+            ray.kill(board)
+        except Exception:  # noqa: BLE001
+            pass
+    out = RunResult(run_dir=run_dir, metrics=metrics,
+                    checkpoint_path=ckpt.path if ckpt is not None else None,
+                    exports=list_exports(cfg.checkpoint.storage, cfg.checkpoint.run_name),
+                    error=error, progress=progress.lines, seconds=time.monotonic() - t0)
+    if error is not None and raise_on_error:
+        raise error
+    log.info("done in %.0f s: step %s loss %s; %d exports, last %s", out.seconds,
+             metrics.get("step"), metrics.get("loss"), len(out.exports),
+             out.exports[max(out.exports)] if out.exports else None)
+    return out
