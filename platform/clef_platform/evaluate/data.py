@@ -137,21 +137,36 @@ def iter_shard(store: ObjectStore, key: str) -> Iterator[dict[str, Any]]:
             yield decode_sample(sample)
 
 
-def eval_window(lead_signal: np.ndarray, window: int) -> np.ndarray:
-    """The deterministic evaluation view of one lead: centre `window` samples, z-scored.
-
-    Same normalisation as the pretraining views (per-view z-score) without augmentation; a
-    record shorter than `window` is zero-padded on the right after z-scoring its samples.
-    """
-    x = np.asarray(lead_signal, dtype=np.float64)
+def crop_window(lead_signal: np.ndarray, window: int) -> np.ndarray:
+    """The centre `window` samples of one lead (zero-padded on the right, after removing the
+    mean, when the record is shorter)."""
+    x = np.asarray(lead_signal, dtype=np.float32)
     if x.shape[0] > window:
         start = (x.shape[0] - window) // 2
-        x = x[start:start + window]
-    std = x.std()
-    x = (x - x.mean()) / (std if std > 1e-6 else 1.0)
-    if x.shape[0] < window:
-        x = np.pad(x, (0, window - x.shape[0]))
-    return x.astype(np.float32)
+        return np.ascontiguousarray(x[start:start + window])
+    return np.pad(x - x.mean(), (0, window - x.shape[0])).astype(np.float32)
+
+
+def eval_views(windows: np.ndarray) -> np.ndarray:
+    """The deterministic evaluation view of cropped windows [N, window]: the pretraining views'
+    0.67-40 Hz zero-phase band-pass (`clef_model.views.bandpass`, same code path as make_views)
+    and per-view z-score (eps 1e-6), with no augmentation (no noise, no masking, fixed crop)."""
+    import torch
+
+    from clef_model.views import ViewConfig, bandpass
+
+    cfg = ViewConfig()
+    if len(windows) == 0:
+        return np.zeros((0, windows.shape[-1] if windows.ndim == 2 else 0), np.float32)
+    x = bandpass(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)), cfg)
+    x = x - x.mean(-1, keepdim=True)
+    std = torch.linalg.vector_norm(x, dim=-1, keepdim=True) / (x.shape[-1] ** 0.5)
+    return (x / (std + cfg.eps)).numpy().astype(np.float32)
+
+
+def eval_window(lead_signal: np.ndarray, window: int) -> np.ndarray:
+    """One record's evaluation view (crop_window then eval_views)."""
+    return eval_views(crop_window(lead_signal, window)[None])[0]
 
 
 def meta_json(record: dict[str, Any]) -> str:

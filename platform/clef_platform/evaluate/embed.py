@@ -1,7 +1,7 @@
 """Frozen-encoder embeddings of an ingested dataset, in parallel with Ray Data.
 
 Pipeline: one block per shard -> `flat_map` reads a shard and cuts each record's evaluation view
-(lead, centre window, z-score; `data.eval_window`), dropping records excluded for leakage ->
+(lead, centre window, band-pass, z-score; `data.eval_views`), dropping records excluded for leakage ->
 `map_batches(_Embedder)` on an actor pool: each actor builds the encoder once (from a
 `ModelSpec`) and embeds batches of [B, 1, window] under `torch.inference_mode()`.
 """
@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from clef_platform.evaluate.data import Dataset, eval_window, iter_shard, meta_json
+from clef_platform.evaluate.data import Dataset, crop_window, eval_views, iter_shard, meta_json
 from clef_platform.storage import open_store
 
 log = logging.getLogger(__name__)
 
-EMBED_VERSION = "eval-view/1"   # bump when eval_window or the pipeline changes the embeddings
+EMBED_VERSION = "eval-view/1:centre-crop,bandpass-0.67-40,zscore"   # bump when eval_window or the pipeline changes the embeddings
 
 
 @dataclass(frozen=True)
@@ -103,15 +103,19 @@ def _shard_views(row: dict[str, Any], store_url: str, lead_index: int, window: i
                  ) -> list[dict[str, Any]]:
     """flat_map: a shard key -> one row per kept record (ids, labels JSON, view)."""
     store = open_store(store_url)
-    out = []
+    out, windows = [], []
     for rec in iter_shard(store, row["shard"]):
         sha = (rec.get("meta") or {}).get("sha256")
         if rec["key"] in exclude_keys or rec["record_id"] in exclude_keys \
                 or sha in exclude_hashes:
             continue
         out.append({"key": rec["key"], "meta_json": meta_json(rec),
-                    "lead_present": bool(rec["lead_mask"][lead_index]),
-                    "x": eval_window(rec["signal"][lead_index], window)})
+                    "lead_present": bool(rec["lead_mask"][lead_index])})
+        windows.append(crop_window(rec["signal"][lead_index], window))
+    if out:
+        views = eval_views(np.stack(windows))      # one batched band-pass per shard
+        for r, v in zip(out, views):
+            r["x"] = v
     return out
 
 

@@ -1,0 +1,118 @@
+"""Linear-probe evaluation of every export of a training run that has no results yet.
+
+    python jobs/evaluate.py --run out/runs/demo --data-root out/datasets \
+        --pretrain-manifest out/datasets/ludb/manifest.parquet --pretrain-split train
+    python jobs/evaluate.py --run s3://bucket/runs/r1 --data-root s3://bucket/datasets --watch
+
+Without --watch it makes one pass and exits (cron / Kubernetes CronJob); with --watch it polls
+every --interval seconds and evaluates each new export as it appears. Exit status of a single
+pass: 0 when every pending task succeeded (or was skipped for too few labels), 1 when some task
+failed after its retries (it is retried on the next run), 2 on bad arguments.
+Docs: docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def positive(text: str) -> float:
+    v = float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return v
+
+
+def released(text: str) -> tuple[str, str]:
+    path, sep, scale = text.rpartition(":")
+    if not sep or scale not in ("small", "medium", "large"):
+        raise argparse.ArgumentTypeError(f"expected PATH:SCALE (scale small|medium|large), "
+                                         f"got {text!r}")
+    return path, scale
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", required=True, help="run URL <storage>/<run-name> (folder or s3://)")
+    p.add_argument("--tasks", nargs="*", default=None,
+                   help="task names (or YAML paths); default: every shipped task")
+    p.add_argument("--tasks-dir", default=None, help="folder of task YAML files "
+                   "(default: clef_platform/evaluate/tasks)")
+    p.add_argument("--data-root", default=os.environ.get("CLEF_DATA_ROOT", "out/datasets"),
+                   help="where task dataset names resolve (default $CLEF_DATA_ROOT or "
+                        "out/datasets); tasks whose dataset is absent are skipped")
+    p.add_argument("--results", default=None, help="results table URL "
+                   "(default <run>/eval/results.parquet)")
+    p.add_argument("--report", default=None, help="report folder URL (default <run>/eval/report)")
+    p.add_argument("--pretrain-manifest", default=None,
+                   help="table with a sha256 column of the records the run pretrained on "
+                        "(e.g. the training dataset's manifest.parquet); they are excluded")
+    p.add_argument("--pretrain-split", default=None,
+                   help="only rows of this split of --pretrain-manifest (e.g. train)")
+    p.add_argument("--released", type=released, action="append", default=[],
+                   help="released CLEF checkpoint as baseline, PATH:SCALE (repeatable)")
+    p.add_argument("--no-random-baseline", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="random-baseline seed")
+    p.add_argument("--watch", action="store_true", help="keep polling for new exports")
+    p.add_argument("--interval", type=positive, default=300.0, help="seconds between polls")
+    p.add_argument("--max-passes", type=int, default=None, help="stop --watch after N passes")
+    p.add_argument("--retries", type=int, default=1, help="retries of a failing task per pass")
+    p.add_argument("--actors", type=int, default=None, help="embedding actors (default: CPUs)")
+    p.add_argument("--num-cpus", type=float, default=None,
+                   help="CPUs of the local Ray instance (ignored under RAY_ADDRESS)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus gauges on 127.0.0.1:PORT")
+    p.add_argument("--n-bootstrap", type=int, default=1000)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    a = build_parser().parse_args(argv)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+    import ray
+
+    from clef_platform.evaluate.probes import ProbeConfig
+    from clef_platform.evaluate.scheduler import EvalConfig, EvalMetrics, evaluate_pass, watch
+    from clef_platform.evaluate.tasks import TASKS_DIR, TaskError, load_tasks
+
+    try:
+        tasks = load_tasks(a.tasks, a.tasks_dir or TASKS_DIR)
+    except TaskError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cfg = EvalConfig(run_url=a.run, tasks=tasks, data_root=a.data_root, results_url=a.results,
+                     report_url=a.report, pretrain_manifest=a.pretrain_manifest,
+                     pretrain_split=a.pretrain_split, released=a.released,
+                     random_baseline=not a.no_random_baseline, random_seed=a.seed,
+                     probe=ProbeConfig(n_bootstrap=a.n_bootstrap), retries=a.retries,
+                     actors=a.actors)
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(log_to_driver=False)
+        else:
+            ray.init(address="local", num_cpus=a.num_cpus, include_dashboard=False,
+                     log_to_driver=False)
+    metrics = EvalMetrics()
+    if a.metrics_port is not None:
+        metrics.serve(a.metrics_port)
+        logging.info("Prometheus gauges on 127.0.0.1:%d", a.metrics_port)
+    if a.watch:
+        watch(cfg, a.interval, metrics, max_passes=a.max_passes)
+        return 0
+    s = evaluate_pass(cfg, metrics)
+    print(json.dumps({"exports": s.exports, "added": s.added, "already_stored": s.already,
+                      "failed": [list(f) for f in s.failed], "missing_datasets":
+                      s.missing_datasets, "report": s.report, "seconds": round(s.seconds, 1)},
+                     indent=2))
+    return 1 if s.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
