@@ -92,3 +92,26 @@ def moto_s3(aws_test_env):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def ludb_train_data(ray_local, tmp_path_factory):
+    """LUDB ingested into small shards (8 records each, ~21 train shards) plus a Feast repository
+    built from its manifest's header demographics; built once per session for the training tests.
+    Returns {"data": dataset folder, "features": feature repository folder}."""
+    import logging
+
+    from clef_platform.features.build import build_feature_store
+    from clef_platform.features.config import FeatureStoreConfig
+    from clef_platform.ingest.pipeline import IngestConfig, run_ingest
+
+    root = tmp_path_factory.mktemp("ludb_train")
+    data, repo = root / "ludb", root / "features"
+    summary = run_ingest(IngestConfig(corpus="ludb", source=Path("data/ludb/data").resolve(),
+                                      dest=str(data), shard_bytes=1_000_000, workers=2,
+                                      cpus_per_worker=0.5))
+    assert summary.balanced
+    logging.getLogger("feast").setLevel(logging.WARNING)
+    build_feature_store(repo, FeatureStoreConfig(), None, str(data / "manifest.parquet"),
+                        do_materialise=False)
+    return {"data": str(data), "features": str(repo)}
