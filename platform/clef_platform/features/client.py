@@ -25,6 +25,7 @@ from clef_platform.features.tables import to_unix, view_columns
 from clef_platform.features.transform import OUTPUTS, score2_at_ecg
 
 log = logging.getLogger(__name__)
+NO_TIME = np.iinfo(np.int64).min          # cache key of "no ECG time" (NaT's int64 value)
 
 
 def normalise_time(value) -> pd.Timestamp | None:
@@ -58,7 +59,7 @@ class RiskClient:
         self.info = BuildInfo.load(self.repo)
         self.ttl_seconds: dict[str, float] = self.info.config["ttl_seconds"]
         self.region: str = self.info.config["region"]
-        self._cache: dict[tuple[str, str], tuple[float, ...]] = {}
+        self._cache: dict[tuple[str, int], tuple[float, ...]] = {}
         self.stats = ClientStats()
 
     @staticmethod
@@ -67,23 +68,36 @@ class RiskClient:
         return refs + [f"{RISK_VIEW}:{o}" for o in OUTPUTS]
 
     @staticmethod
-    def _key(patient_id: str, ecg_time) -> tuple[str, str]:
-        ts = normalise_time(ecg_time)
-        return str(patient_id), "" if ts is None else ts.isoformat()
+    def _times_ns(times: Sequence[object]) -> np.ndarray:
+        """Vectorised normalise_time: int64 ns since the epoch (UTC), NO_TIME for no time."""
+        ser = pd.Series(list(times), dtype=object)
+        none = ser.isna().to_numpy() | ser.map(
+            lambda v: isinstance(v, str) and not v.strip()).to_numpy(dtype=bool)
+        out = np.full(len(ser), NO_TIME, dtype=np.int64)
+        if (~none).any():
+            vals = ser[~none]
+            try:
+                conv = pd.to_datetime(vals, utc=True, format="ISO8601")
+            except (ValueError, TypeError):
+                conv = pd.Series([normalise_time(v) for v in vals], index=vals.index)
+                conv = pd.to_datetime(conv, utc=True)
+            out[~none] = conv.astype("datetime64[ns, UTC]").astype(np.int64).to_numpy()
+        return out
 
-    def _retrieve(self, keys: list[tuple[str, str]]) -> None:
+    def _retrieve(self, keys: list[tuple[str, int]]) -> None:
         """One historical retrieval for keys not cached yet; fills the cache."""
-        times = [normalise_time(t) for _, t in keys]
-        early = sum(t is not None and t < FLOOR for t in times)
+        ns = np.array([t for _, t in keys], dtype=np.int64)
+        timeless = ns == NO_TIME
+        floor_ns = FLOOR.value
+        early = int((~timeless & (ns < floor_ns)).sum())
         if early:
             log.warning("%d ECG times before %s are clamped to it", early, FLOOR.date())
-        event = pd.Series([FAR_FUTURE if t is None else max(t, FLOOR) for t in times],
-                          dtype="datetime64[ns, UTC]")
+        event_ns = np.where(timeless, FAR_FUTURE.value, np.maximum(ns, floor_ns))
         entity_df = pd.DataFrame({
             "patient_id": [p for p, _ in keys],
-            "event_timestamp": event,
+            "event_timestamp": pd.to_datetime(event_ns, utc=True),
             # No time: NaN tells score2_at_ecg to use demographics only.
-            "ecg_ts": [np.nan if t is None else float(to_unix(pd.Series([t]))[0]) for t in times],
+            "ecg_ts": np.where(timeless, np.nan, ns / 1e9),
         })
         job = self.store.get_historical_features(entity_df=entity_df,
                                                  features=self.feature_refs())
@@ -103,24 +117,29 @@ class RiskClient:
                                      self.region)
             merged.loc[dropped, list(OUTPUTS)] = fallback[list(OUTPUTS)].to_numpy()
         values = merged[list(OUTPUTS)].to_numpy(dtype=float)
-        for key, row in zip(keys, values):
-            self._cache[key] = tuple(row)
+        self._cache.update(zip(keys, map(tuple, values)))
         self.stats.retrieved += len(keys)
 
     def lookup(self, keys: Iterable[tuple[str, object]]) -> pd.DataFrame:
-        """Risk, missing fraction and the SCORE2 inputs used, one row per key, in key order."""
-        norm = [self._key(p, t) for p, t in keys]
+        """Risk, missing fraction and the SCORE2 inputs used, one row per key, in key order.
+        `ecg_time` comes back as a UTC Timestamp (NaT for a key without a time)."""
+        keys = list(keys)
+        pids = [str(p) for p, _ in keys]
+        ns = self._times_ns([t for _, t in keys])
+        norm = list(zip(pids, ns.tolist()))
         self.stats.requested += len(norm)
-        todo = list(dict.fromkeys(k for k in norm if k not in self._cache))
+        cache = self._cache
+        todo = list(dict.fromkeys(k for k in norm if k not in cache))
         todo_set = set(todo)
         self.stats.cache_hits += sum(1 for k in norm if k not in todo_set)
         if todo:
             self._retrieve(todo)
-        rows = [self._cache[k] for k in norm]
-        out = pd.DataFrame(rows, columns=list(OUTPUTS)) if rows else pd.DataFrame(
-            columns=list(OUTPUTS), dtype=float)
-        out.insert(0, "patient_id", [p for p, _ in norm])
-        out.insert(1, "ecg_time", [t for _, t in norm])
+        values = np.array([cache[k] for k in norm], dtype=float).reshape(len(norm),
+                                                                         len(OUTPUTS))
+        out = pd.DataFrame(values, columns=list(OUTPUTS))
+        out.insert(0, "patient_id", pids)
+        out.insert(1, "ecg_time", pd.to_datetime(np.where(ns == NO_TIME, np.iinfo(np.int64).min,
+                                                          ns), utc=True))
         return out
 
     def prefetch(self, keys: Iterable[tuple[str, object]]) -> None:
