@@ -1,0 +1,146 @@
+"""Single-process CLEF pretraining on a folder of WFDB records (no Ray, no object store).
+
+The smallest honest version of the platform's main job: read a corpus through the ingestion
+read path, compute each record's SCORE2 risk from the age and sex in its header (the other five
+inputs counted as missing), and train an encoder with the CLEF objective. The distributed job
+(clef_platform.train) scales the same loop out; this one is the reference it is compared to.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clef_model import build_encoder, save_encoder
+from clef_model.loss import clef_loss
+from clef_model.risk import score2_with_missing
+from clef_model.views import ViewConfig, make_views, record_seeds
+from clef_platform.ingest.adapters import get_adapter
+from clef_platform.ingest.canonical import process_record
+from clef_platform.ingest.record import CanonicalRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalPretrainConfig:
+    source: Path                      # the corpus folder
+    out_dir: Path                     # checkpoint and export land here
+    corpus: str = "ludb"              # registered corpus adapter that lists the records
+    scale: str = "small"
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    temperature: float = 0.07
+    seed: int = 0
+    log_every: int = 10
+
+
+@dataclass
+class InMemoryCorpus:
+    keys: list[str]
+    signals: torch.Tensor             # float32 [N, 12, T] millivolts
+    lead_mask: torch.Tensor           # bool [N, 12]
+    risk: torch.Tensor                # float32 [N]
+    missing: torch.Tensor             # float32 [N]
+
+
+def load_corpus(source: Path, corpus: str, length: int) -> InMemoryCorpus:
+    """Reads and validates every record; quarantined ones are logged and left out."""
+    adapter = get_adapter(corpus)
+    stored: list[CanonicalRecord] = []
+    for ref in adapter.list_records(Path(source)):
+        result = process_record(ref)
+        if isinstance(result, CanonicalRecord):
+            stored.append(result)
+        else:
+            log.warning("quarantined %s: %s (%s)", ref.record_id, result.reason, result.detail)
+    if not stored:
+        raise ValueError(f"no usable record under {source}")
+    # Records are cropped to a common length here; views cut their own window from it.
+    signals = np.stack([r.millivolts()[:, :length] for r in stored if r.digital.shape[1] >= length])
+    kept = [r for r in stored if r.digital.shape[1] >= length]
+    age = np.array([np.nan if r.ref.age is None else r.ref.age for r in kept], dtype=float)
+    male = np.array([{"M": 1.0, "F": 0.0}.get(r.ref.sex or "", np.nan) for r in kept])
+    nan = np.full(len(kept), np.nan)
+    risk, missing = score2_with_missing(age, male, nan, nan, nan, nan, nan)
+    log.info("loaded %d records from %s (%d quarantined or too short)",
+             len(kept), source, len(stored) - len(kept))
+    return InMemoryCorpus(
+        keys=[f"{r.ref.corpus}/{r.ref.record_id}" for r in kept],
+        signals=torch.from_numpy(signals),
+        lead_mask=torch.from_numpy(np.stack([r.lead_mask for r in kept])),
+        risk=torch.as_tensor(risk, dtype=torch.float32),
+        missing=torch.as_tensor(missing, dtype=torch.float32),
+    )
+
+
+def lr_at(step: int, cfg: LocalPretrainConfig) -> float:
+    """Linear warmup, then cosine decay to 10 % of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def pretrain(cfg: LocalPretrainConfig) -> dict:
+    torch.manual_seed(cfg.seed)
+    view_cfg = ViewConfig()
+    data = load_corpus(cfg.source, cfg.corpus, view_cfg.length)
+    n = len(data.keys)
+    batch_size = min(cfg.batch_size, n)
+    steps_per_epoch = n // batch_size
+
+    model = build_encoder(cfg.scale)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    for step in range(cfg.steps):
+        epoch, position = divmod(step, steps_per_epoch)
+        # One seeded permutation per epoch: every record is seen once per epoch.
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        idx = order[position * batch_size:(position + 1) * batch_size]
+        seeds = record_seeds(cfg.seed, [data.keys[i] for i in idx.tolist()], epoch)
+        v1, v2 = make_views(data.signals[idx], data.lead_mask[idx], seeds, view_cfg)
+
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        z1, z2 = model(v1), model(v2)
+        loss = clef_loss(z1, z2, data.risk[idx], data.missing[idx], temperature=cfg.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        losses.append(loss.item())
+        if (step + 1) % cfg.log_every == 0 or step == 0:
+            recent = float(np.mean(losses[-cfg.log_every:]))
+            rate = (step + 1) * batch_size / (time.perf_counter() - t0)
+            log.info("step %4d/%d  epoch %d  loss %.4f  lr %.2e  %.1f samples/s",
+                     step + 1, cfg.steps, epoch, recent, lr_at(step, cfg), rate)
+
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    # State dicts only, so the file loads with torch.load(weights_only=True).
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": cfg.steps}, cfg.out_dir / "checkpoint.pt")
+    save_encoder(model, cfg.out_dir / "export")
+    window = max(1, min(20, cfg.steps // 5))
+    summary = {
+        "records": n,
+        "steps": cfg.steps,
+        "first_loss": float(np.mean(losses[:window])),
+        "last_loss": float(np.mean(losses[-window:])),
+        "seconds": time.perf_counter() - t0,
+        "checkpoint": str(cfg.out_dir / "checkpoint.pt"),
+        "export": str(cfg.out_dir / "export"),
+    }
+    return summary
