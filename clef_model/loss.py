@@ -98,9 +98,10 @@ def _clef(z1, z2, risk, missing, temperature, comm: Comm, diagnostics=None):
     n, B, dt = z1.shape[0], comm.total, S.dtype
 
     # Metadata: gather (risk, missing) of every patient; no gradient flows into it.
-    r = torch.nan_to_num(torch.as_tensor(risk, dtype=dt, device=S.device).reshape(n), nan=0.0)
-    m = torch.zeros_like(r) if missing is None else torch.as_tensor(missing, dtype=dt, device=S.device).reshape(n)
-    r_all, m_all = gather_rows(torch.stack([r, m], 1).detach(), comm).unbind(1)  # [B] each
+    r = torch.as_tensor(risk, dtype=dt, device=S.device).detach().reshape(n)
+    r = torch.nan_to_num(r, nan=0.0)  # a missing risk counts as 0
+    m = torch.zeros_like(r) if missing is None else torch.as_tensor(missing, dtype=dt, device=S.device).detach().reshape(n)
+    r_all, m_all = gather_rows(torch.stack([r, m], 1), comm).unbind(1)  # [B] each
 
     # 1. Risk dissimilarity, this rank's patients (rows) vs all patients (columns): [n, B].
     # Over the whole B x B matrix, min Delta = 0 (the diagonal) and max Delta = (max r - min r)^2
