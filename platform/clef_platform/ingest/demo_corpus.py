@@ -8,7 +8,7 @@ timeline would find no features). It exercises the plumbing (adapter, ingest, fe
 end to end; no clinical or scientific conclusion can be drawn from it.
 
 Output (byte-for-byte deterministic for the same inputs and config):
-    files/pNNNN/pSUBJECT/sSTUDY/STUDY.hea/.dat  WFDB, MIMIC lead order, 200 adu/mV, base date/time
+    files/pNNNN/pSUBJECT/sSTUDY/STUDY.hea/.dat  WFDB, MIMIC lead order, LUDB's own samples and gains, base date/time
     record_list.csv                              subject_id,study_id,file_name,ecg_time,path
     pairing.csv                                  study_id -> ludb_record, hadm_id (provenance)
     heldout_ludb.txt                             LUDB records deliberately left unassigned
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 # MIMIC-IV-ECG's own lead order (aVF before aVL) and calibration: the corpus must look like it.
 MIMIC_LEAD_ORDER = ("I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6")
-MIMIC_GAIN = 200.0            # adu per mV
 STUDY_ID_BASE = 49_000_000    # study_id = base + LUDB record number: traceable, 8 digits
 MARKER = "ARTIFICIAL PAIRING"
 WARNING = ("ARTIFICIAL PAIRING FOR PLUMBING, NOT SCIENCE: real LUDB ECG signals assigned to "
@@ -160,18 +159,20 @@ def _prepare_out(out: Path) -> Path:
 def _write_record(a: Assignment, ludb_record: Path, out: Path) -> None:
     import wfdb
 
-    src = wfdb.rdrecord(str(ludb_record))
+    src = wfdb.rdrecord(str(ludb_record), physical=False)
     cols = {lead_index(n): i for i, n in enumerate(src.sig_name)}
     order = [cols[lead_index(name)] for name in MIMIC_LEAD_ORDER]
-    # Re-quantised to MIMIC's 200 adu/mV (5 uV steps), as MIMIC-IV-ECG itself is stored.
-    digital = np.rint(src.p_signal[:, order] * MIMIC_GAIN)
-    digital = np.clip(digital, -32767, 32767).astype(np.int16)   # -32768 is WFDB's "invalid"
+    # LUDB's own samples, gains and baselines, only reordered: lossless, so the canonical
+    # signal (and its SHA-256) equals that of the same record ingested from LUDB itself, and
+    # the evaluators' leakage check recognises it across corpora.
+    digital = src.d_signal[:, order].astype(np.int16)
     sid, study = str(a.subject_id), str(a.study_id)
     folder = out / "files" / f"p{sid[:4]}" / f"p{sid}" / f"s{study}"
     folder.mkdir(parents=True, exist_ok=True)
     wfdb.wrsamp(study, fs=500, units=["mV"] * 12, sig_name=list(MIMIC_LEAD_ORDER),
-                d_signal=digital, fmt=["16"] * 12, adc_gain=[MIMIC_GAIN] * 12,
-                baseline=[0] * 12, base_time=a.ecg_time.time(), base_date=a.ecg_time.date(),
+                d_signal=digital, fmt=["16"] * 12,
+                adc_gain=[float(src.adc_gain[i]) for i in order],
+                baseline=[int(src.baseline[i]) for i in order], base_time=a.ecg_time.time(), base_date=a.ecg_time.date(),
                 comments=[f"<subject_id>: {sid}",
                           f"{MARKER}: LUDB record {a.ludb_record} signal, not this patient's ECG"],
                 write_dir=str(folder))
@@ -195,10 +196,10 @@ def _write_tables(plan: list[Assignment], heldout: list[str], out: Path,
     (out / "README.txt").write_text(
         f"{WARNING}\n\n"
         f"This folder is laid out like MIMIC-IV-ECG v1.0 (files/pNNNN/pSUBJECT/sSTUDY/, WFDB 16-bit,\n"
-        f"lead order {', '.join(MIMIC_LEAD_ORDER)}, {MIMIC_GAIN:g} adu/mV, base date and time in\n"
+        f"lead order {', '.join(MIMIC_LEAD_ORDER)}, base date and time in\n"
         f"the header, record_list.csv). Signals: {len(plan)} records of the Lobachevsky University\n"
-        f"ECG Database (LUDB v1.0.1, ODC-By 1.0, Kalyakulina et al., PhysioNet 2021), re-quantised\n"
-        f"to {MIMIC_GAIN:g} adu/mV. Patients and times: the 100 MIMIC-IV Clinical Database Demo v2.2\n"
+        f"ECG Database (LUDB v1.0.1, ODC-By 1.0, Kalyakulina et al., PhysioNet 2021), copied\n"
+        f"sample for sample with LUDB's gains. Patients and times: the 100 MIMIC-IV Clinical Database Demo v2.2\n"
         f"patients (ODbL, Johnson et al., PhysioNet); each ECG time is a second inside one of that\n"
         f"patient's admissions (admittime..dischtime of admissions.csv.gz).\n\n"
         f"The signal-patient pairing is {MARKER}: chosen by hashing with seed {cfg.seed!r},\n"
