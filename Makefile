@@ -7,7 +7,7 @@ VENV_STAMP := .venv/.installed
 
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP): pyproject.toml infra/setup/bootstrap.sh infra/setup/constraints.txt
+$(VENV_STAMP): pyproject.toml infra/setup/bootstrap.sh infra/setup/constraints.txt infra/setup/install_redis.sh
 	bash infra/setup/bootstrap.sh
 	touch $(VENV_STAMP)
 

@@ -12,3 +12,5 @@ export DS_BUILD_OPS=0   # DeepSpeed: compile no op at install time
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 # constraints.txt pins every transitive dependency to the set this project was tested with.
 .venv/bin/python -m pip install --quiet -c infra/setup/constraints.txt -e '.[test]'
+# The Redis online store's tests start a real redis-server on 127.0.0.1.
+bash infra/setup/install_redis.sh
