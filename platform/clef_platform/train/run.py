@@ -75,11 +75,23 @@ def _fs_and_path(storage: str):
 
 
 def find_checkpoints(cfg: PretrainConfig) -> list[tuple[int, str]]:
-    """[(step, path)] of the run's Ray checkpoints, oldest first (read from clef_run.json)."""
+    """[(step, path)] of the run's registered Ray checkpoints, oldest first.
+
+    Ray Train records the checkpoints it has registered in checkpoint_manager_snapshot.json; a
+    checkpoint folder that is not in it (its report was lost with a dying worker, or its upload
+    was cut short) is ignored. Without a snapshot, folders with a clef_run.json count.
+    """
     import pyarrow.fs as pafs
 
     fs, root = _fs_and_path(cfg.checkpoint.storage)
     run = posixpath.join(root, cfg.checkpoint.run_name)
+    registered = None
+    try:
+        with fs.open_input_stream(posixpath.join(run, "checkpoint_manager_snapshot.json")) as f:
+            snap = json.loads(f.read())
+        registered = {r["checkpoint_dir_name"] for r in snap.get("checkpoint_results", [])}
+    except (FileNotFoundError, OSError, ValueError, KeyError, TypeError):
+        pass
     try:
         infos = fs.get_file_info(pafs.FileSelector(run, allow_not_found=True))
     except FileNotFoundError:
@@ -87,6 +99,8 @@ def find_checkpoints(cfg: PretrainConfig) -> list[tuple[int, str]]:
     out = []
     for info in infos:
         if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        if registered is not None and info.base_name not in registered:
             continue
         try:
             with fs.open_input_stream(posixpath.join(info.path, "clef_run.json")) as f:
