@@ -215,3 +215,21 @@ def test_build_summary(demo_client):
     assert s["risk_at_ecgs"]["risk"]["n"] == 1
     assert 0 < s["risk_latest"]["risk"]["p50"] < 1
     assert (result.repo / "data" / "summary.json").exists()
+
+
+def test_rebuild_is_idempotent(demo_client, demo_keys):
+    from clef_platform.features.build import build_feature_store
+    from clef_platform.features.client import RiskClient
+
+    client, first = demo_client
+    tables = {v: pd.read_parquet(first.repo / "data" / f"{v}.parquet")
+              for v in ("demographics", "vitals", "labs", "conditions")}
+    manifest = first.repo.parent / "manifest.parquet"
+    again = build_feature_store(first.repo, FeatureStoreConfig(), mimic_hosp=HOSP,
+                                manifest_url=str(manifest))
+    assert again.summary == first.summary
+    for view, table in tables.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(again.repo / "data" / f"{view}.parquet"),
+                                      table)
+    keys = [(f"mimic-iv-ecg/{s}", t) for s, t in demo_keys]
+    pd.testing.assert_frame_equal(RiskClient(again.repo).lookup(keys), client.lookup(keys))
