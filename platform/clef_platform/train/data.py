@@ -239,5 +239,23 @@ def write_trace(trace_dir: str, rank: int, step: int, micro: int, batch: dict,
                    "missing": missing.detach().cpu().tolist(), "loss": loss}, f)
 
 
+def trace_event(trace_dir: str, rank: int, event: dict) -> None:
+    d = Path(trace_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / f"rank{rank}_events.jsonl", "a") as f:
+        f.write(json.dumps(event) + "\n")
+
+
+def param_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of every parameter's bytes, in name order (ranks in sync have equal digests)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(module.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def steps_per_epoch(n_records: int, global_batch: int) -> int:
     return max(1, math.ceil(n_records / global_batch))

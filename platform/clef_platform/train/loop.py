@@ -76,6 +76,7 @@ def train_loop(loop_config: dict) -> None:
     from clef_platform.train.objectives import build_module
 
     # ---- config, rank, device, seeds -----------------------------------------------------
+    t_start = time.time()
     cfg = PretrainConfig.from_dict(loop_config["cfg"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx = ray.train.get_context()
@@ -89,8 +90,9 @@ def train_loop(loop_config: dict) -> None:
 
     # ---- model, optimiser, schedule --------------------------------------------------------
     module = build_module(cfg)
-    decay = [p for n, p in module.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in module.named_parameters() if p.ndim <= 1]
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim > 1]
+    no_decay = [p for p in trainable if p.ndim <= 1]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.optim.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
@@ -151,12 +153,16 @@ def train_loop(loop_config: dict) -> None:
     metrics.serve(cfg.metrics.port)
     board = loop_config.get("progress_board")
     trace_dir = loop_config.get("trace_dir")
+    if trace_dir:  # debugging / tests: who ran (PIDs survive in the file across restarts)
+        D.trace_event(trace_dir, rank, {"event": "start", "pid": os.getpid(), "step": step})
     last_ckpt = step if ckpt is not None else None
     run_dir = f"{cfg.checkpoint.storage.rstrip('/')}/{cfg.checkpoint.run_name}"
 
     # ---- the loop -----------------------------------------------------------------------------
     model.train()
-    t_first = None
+    t_first = None             # duration of the first step (compilation, allocator warm-up)
+    t_first_wall = None        # wall clock at the end of the first step (time to first step)
+    steady_s, steady_n = 0.0, 0  # step time after the first step, for the mean throughput
     while step < cfg.steps:
         t0 = time.perf_counter()
         wait = 0.0
@@ -199,7 +205,9 @@ def train_loop(loop_config: dict) -> None:
         lr = scheduler.get_last_lr()[0]
         step_s = time.perf_counter() - t0
         if t_first is None:
-            t_first = step_s
+            t_first, t_first_wall = step_s, time.time()
+        else:
+            steady_s, steady_n = steady_s + step_s, steady_n + 1
         loss_val = loss_sum / accum
         if not math.isfinite(loss_val):
             raise FloatingPointError(f"loss is {loss_val} at step {step}")
@@ -218,7 +226,12 @@ def train_loop(loop_config: dict) -> None:
 
         # ---- checkpoint + export ------------------------------------------------------------
         report = {"step": step, "loss": loss_val, "lr": lr,
-                  "grad_norm": grad_norm if grad_norm is not None else float("nan")}
+                  "grad_norm": grad_norm if grad_norm is not None else float("nan"),
+                  "first_step_s": t_first, "first_step_end_unix": t_first_wall,
+                  "train_start_unix": t_start,
+                  # global samples/s averaged over the steps after the first (lock-step ranks)
+                  "samples_per_s": (cfg.global_batch * accum * steady_n / steady_s
+                                    if steady_n else float("nan"))}
         if step % cfg.checkpoint.every == 0 or step == cfg.steps:
             client = {"step": step, "extra": model.extra_state()}
             with tempfile.TemporaryDirectory(prefix=f"clef-ckpt-r{rank}-") as d:
@@ -243,6 +256,10 @@ def train_loop(loop_config: dict) -> None:
                                  if has_files else None)
             last_ckpt = step
             metrics.checkpointed(step)
+            if trace_dir:
+                with _full_params(model, engine):
+                    D.trace_event(trace_dir, rank, {"event": "checkpoint", "step": step,
+                                                    "params_sha256": D.param_digest(model)})
     metrics.close()
     if rank == 0:
         log.info("finished %d steps", step)

@@ -4,7 +4,7 @@ Every worker serves its own registry on 127.0.0.1:<port + rank> (port 0 = no ser
 are only `rank` (and `scope` for samples/s): never patient or record ids.
 
 The driver cannot scrape workers on other nodes, so rank 0 also pushes a summary to a tiny
-detached-free Ray actor (`ProgressBoard`) every `log_every` steps; the driver polls it and logs
+Ray actor (`ProgressBoard`) every `log_every` steps; the driver polls it and logs
 one progress line per interval.
 """
 
@@ -144,7 +144,5 @@ class ProgressLogger:
         self.log.info(line)
 
     def _run(self) -> None:
-        t0 = time.monotonic()
         while not self._stop.wait(self.interval):
             self._emit()
-        del t0

@@ -38,6 +38,12 @@ class PretrainModule(nn.Module):
         self.momentum = momentum
         self.moco_queue_size = moco_queue
         self.encoder = build_encoder(scale, activation_checkpointing=activation_checkpointing)
+        # The released architecture keeps BatchNorm modules that forward never uses: freeze them,
+        # so DDP does not wait for their gradients and the optimiser does not carry them.
+        unused = set(self.encoder.unused_state_keys())
+        for name, p in self.encoder.named_parameters():
+            if name in unused:
+                p.requires_grad_(False)
         d = self.encoder.embedding_dim
         if method == "byol":
             self.projector = _mlp(d, 2 * d, d)

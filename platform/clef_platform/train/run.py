@@ -124,6 +124,7 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
 
     cfg.validate()
     t0 = time.monotonic()
+    t0_unix = time.time()
     run_dir = f"{cfg.checkpoint.storage.rstrip('/')}/{cfg.checkpoint.run_name}"
 
     # ---- the run folder: resume or refuse to overwrite -------------------------------------
@@ -192,6 +193,8 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
                     checkpoint_path=ckpt.path if ckpt is not None else None,
                     exports=list_exports(cfg.checkpoint.storage, cfg.checkpoint.run_name),
                     error=error, progress=progress.lines, seconds=time.monotonic() - t0)
+    if metrics.get("first_step_end_unix"):
+        out.metrics["time_to_first_step_s"] = metrics["first_step_end_unix"] - t0_unix
     if error is not None and raise_on_error:
         raise error
     log.info("done in %.0f s: step %s loss %s; %d exports, last %s", out.seconds,
