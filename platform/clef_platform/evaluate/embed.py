@@ -102,6 +102,9 @@ def _shard_views(row: dict[str, Any], store_url: str, lead_index: int, window: i
                  exclude_keys: frozenset[str], exclude_hashes: frozenset[str]
                  ) -> list[dict[str, Any]]:
     """flat_map: a shard key -> one row per kept record (ids, labels JSON, view)."""
+    import torch
+
+    torch.set_num_threads(1)    # the FFT band-pass is ~20x slower oversubscribed on small hosts
     store = open_store(store_url)
     out, windows = [], []
     for rec in iter_shard(store, row["shard"]):

@@ -1,0 +1,110 @@
+"""Evaluation benchmark on the bundled real data (CPU).
+
+Prints, in one run:
+  1. embedding throughput (ECGs/s) of CLEF-small and CLEF-medium: the encoder alone
+     (torch, 1 thread and all threads, batch 32 of [1, 5000]) and the whole Ray Data extraction
+     of LUDB (200 records: shard read, band-pass + z-score, actor pool; actor start included)
+  2. wall time of a full evaluation pass of one checkpoint (CLEF-small export) on the bundled
+     tasks (LUDB rhythm, sex, age; CinC 2021 SNOMED), without and then with the random baseline
+
+    .venv/bin/python benchmarks/bench_eval.py [--actors 2] [--num-cpus 4] [--skip-medium]
+
+Ingests LUDB and the CinC sample into a temporary folder first (not timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+
+def forward_throughput(scale: str, threads: int, batch: int = 32, reps: int = 3) -> float:
+    import torch
+
+    from clef_model import build_encoder
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    m = build_encoder(scale).eval()
+    x = torch.randn(batch, 1, 5000)
+    with torch.inference_mode():
+        m(x)
+        t = time.perf_counter()
+        for _ in range(reps):
+            m(x)
+        dt = time.perf_counter() - t
+    return batch * reps / dt
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--actors", type=int, default=2)
+    p.add_argument("--num-cpus", type=float, default=4)
+    p.add_argument("--skip-medium", action="store_true")
+    a = p.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    logging.basicConfig(level=logging.WARNING)
+    import ray
+    import torch
+
+    from clef_platform.evaluate.data import open_dataset
+    from clef_platform.evaluate.embed import ModelSpec, extract
+    from clef_platform.evaluate.fixtures import BUNDLED, ingest, write_export
+    from clef_platform.evaluate.probes import ProbeConfig
+    from clef_platform.evaluate.scheduler import EvalConfig, evaluate_pass
+    from clef_platform.evaluate.tasks import load_tasks
+
+    scales = ["small"] + ([] if a.skip_medium else ["medium"])
+    ncores = os.cpu_count() or 1
+    print(f"== 1. embedding throughput (CPU, {ncores} cores, torch {torch.__version__})")
+    for s in scales:
+        one = forward_throughput(s, 1)
+        allt = forward_throughput(s, ncores)
+        print(f"  {s:6s} encoder forward: {one:7.1f} ECGs/s (1 thread), {allt:7.1f} ECGs/s "
+              f"({ncores} threads)")
+
+    ray.init(address="local", num_cpus=a.num_cpus, include_dashboard=False, log_to_driver=False)
+    import ray.data
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
+        root = Path(tmp) / "data"
+        ingest("ludb", BUNDLED["ludb"], str(root / "ludb"), shard_bytes=2_000_000)
+        ingest("cinc2021", BUNDLED["cinc2021"], str(root / "cinc2021"), shard_bytes=2_000_000)
+        ds = open_dataset(str(root / "ludb"))
+        for s in scales:
+            for attempt in ("cold", "warm"):
+                t = time.perf_counter()
+                emb = extract(ds, ModelSpec("random", s, seed=0), 0, 5000, actors=a.actors)
+                dt = time.perf_counter() - t
+                print(f"  {s:6s} Ray Data extraction of LUDB ({attempt}): {len(emb.keys)} ECGs in "
+                      f"{dt:6.1f} s = {len(emb.keys) / dt:6.1f} ECGs/s ({a.actors} actors)")
+
+        print("== 2. full evaluation of one checkpoint on the bundled tasks")
+        tasks = [t for t in load_tasks() if t.dataset in ("ludb", "cinc2021")]
+        print("  tasks:", ", ".join(t.name for t in tasks))
+        run = Path(tmp) / "runs" / "bench"
+        write_export(str(run), 1, "small", seed=1)
+        for baseline in (False, True):
+            cfg = EvalConfig(run_url=str(run), tasks=tasks, data_root=str(root),
+                             results_url=str(Path(tmp) / f"results-{baseline}.parquet"),
+                             random_baseline=baseline, actors=a.actors, probe=ProbeConfig())
+            t = time.perf_counter()
+            s = evaluate_pass(cfg)
+            dt = time.perf_counter() - t
+            what = "export + random baseline" if baseline else "export only"
+            print(f"  {what:26s}: {dt:6.1f} s wall, {s.added} results, {len(s.failed)} failed")
+        import pandas as pd
+
+        df = pd.read_parquet(str(Path(tmp) / "results-True.parquet"))
+        for _, r in df.sort_values(["task", "kind"]).iterrows():
+            print(f"    {r['task']:12s} {r['kind']:7s} {r['metric']} {r['value']:.3f} "
+                  f"[{r['lower']:.3f}, {r['upper']:.3f}] n={r['n_test']}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
