@@ -89,6 +89,24 @@ def uniform(seeds: torch.Tensor, stream: int | torch.Tensor, n: int) -> torch.Te
     return (_srl(random_bits(seeds, stream, n), 40).to(torch.float32) + 0.5) * 2.0 ** -24
 
 
+def uniform_streams(seeds: torch.Tensor, consts: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """[B, S, n] float32: [:, s, i] equals uniform(seeds, streams[s], n)[:, i] exactly, for S
+    streams drawn in one pass (two mix64 rounds over [B, S] and [B, S, n] instead of 2 S
+    rounds). consts = stream_consts(streams, n, device)."""
+    keys, ctr = consts
+    key = mix64(seeds.to(torch.int64)[:, None] + keys)  # wraps mod 2^64, as in random_bits
+    bits = _srl(mix64(key[:, :, None] + ctr), 40)
+    return (bits.to(torch.float32) + 0.5) * 2.0 ** -24
+
+
+@lru_cache(maxsize=32)
+def stream_consts(streams: tuple[int, ...], n: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-stream key offsets [S] and counters [n] for uniform_streams (cached per device)."""
+    keys = torch.tensor([_s64(s * _GOLDEN) for s in streams], dtype=torch.int64, device=device)
+    ctr = torch.arange(1, n + 1, device=device, dtype=torch.int64) * _GOLDEN
+    return keys, ctr
+
+
 def normal(seeds: torch.Tensor, stream: int | torch.Tensor, n: int) -> torch.Tensor:
     """[B, n] float32 standard normal (Box-Muller on two uniform halves of one stream)."""
     u = uniform(seeds, stream, 2 * n)
@@ -98,9 +116,12 @@ def normal(seeds: torch.Tensor, stream: int | torch.Tensor, n: int) -> torch.Ten
 
 def randint(u: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
     """Integers in [0, n) from uniforms u (clamped: float32 rounding of u*n may reach n)."""
-    n_t = torch.as_tensor(n, device=u.device)
-    k = torch.floor(u * n_t.to(torch.float32)).to(torch.int64)
-    return torch.minimum(k, n_t.to(torch.int64) - 1).clamp_min(0)
+    if not isinstance(n, torch.Tensor):  # u * n is float32 either way (the int is cast to float32)
+        n = int(n)
+        return (u * n).floor_().to(torch.int64).clamp_(0, max(n - 1, 0))
+    n = n.to(u.device, torch.int64)
+    k = (u * n.to(torch.float32)).floor_().to(torch.int64)
+    return torch.minimum(k, n - 1).clamp_min_(0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,6 +266,64 @@ class NoiseBank:
         """[B, 3, length] segments, one per kind, at offsets drawn from (seed, stream)."""
         u = uniform(seeds, stream, 6)
         return torch.stack([self.draw(k, u[:, 2 * k], u[:, 2 * k + 1], length) for k in range(3)], 1)
+
+
+@dataclass(frozen=True, eq=False)
+class FlatBank:
+    """A NoiseBank laid out for one-gather segment draws: every channel of every kind end to end
+    in one float32 vector, so a segment at (kind, channel, offset) is row `start` of the strided
+    view windows(length) (all windows of the vector; no copy), and a batch of segments of mixed
+    kinds is a single index_select. energy is the float64 running sum of squares (leading 0):
+    a segment's sum of squares is energy[start + length] - energy[start], no pass over it."""
+
+    flat: torch.Tensor  # [total] float32
+    base: torch.Tensor  # [3] int64: where kind k's first channel starts in flat
+    channels: torch.Tensor  # [3] int64
+    samples: torch.Tensor  # [3] int64 per channel
+    energy: torch.Tensor  # [total + 1] float64
+    shortest: int  # samples of the shortest recording (views no longer than it need no check)
+
+    def windows(self, length: int) -> torch.Tensor:
+        return self.flat.as_strided((self.flat.numel() - length + 1, length), (1, 1))
+
+    def starts(self, kind: torch.Tensor, u_channel: torch.Tensor, u_offset: torch.Tensor,
+               length: int) -> torch.Tensor:
+        """Flat start of the segment NoiseBank.draw(kind, u_channel, u_offset) takes, per row
+        (kind is a tensor here: one gather serves rows of different kinds)."""
+        return self.starts2(kind, torch.stack([u_channel, u_offset], 1), length)
+
+    def starts2(self, kind: torch.Tensor, u: torch.Tensor, length: int) -> torch.Tensor:
+        """starts() with the (channel, offset) uniforms as one [R, 2] tensor (one randint)."""
+        n = self.samples[kind]
+        if length > self.shortest and bool((n < length).any()):
+            k = int(kind[n < length][0])
+            raise ValueError(f"noise recording for {KINDS[k]} has {int(self.samples[k])} samples, "
+                             f"shorter than the view length {length}")
+        co = randint(u, torch.stack([self.channels[kind], n - (length - 1)], 1))
+        return co[:, 0].mul_(n).add_(self.base[kind]).add_(co[:, 1])
+
+    def sum_sq(self, start: torch.Tensor, length: int) -> torch.Tensor:
+        """float64 sum of squares of the segments at flat starts `start`."""
+        return self.energy[start + length] - self.energy[start]
+
+
+def flat_bank(bank: NoiseBank) -> FlatBank:
+    recs = [r.to(torch.float32).contiguous() for r in bank.recordings]
+    flat = torch.cat([r.reshape(-1) for r in recs])
+    sizes = torch.tensor([r.numel() for r in recs], dtype=torch.int64)
+    base = torch.cumsum(sizes, 0) - sizes
+    energy = torch.zeros(flat.numel() + 1, dtype=torch.float64, device=flat.device)
+    torch.cumsum(flat.double().square(), 0, out=energy[1:])
+    dev = flat.device
+    return FlatBank(flat, base.to(dev), torch.tensor([r.shape[0] for r in recs], device=dev),
+                    torch.tensor([r.shape[1] for r in recs], device=dev), energy,
+                    min(r.shape[1] for r in recs))
+
+
+@lru_cache(maxsize=8)
+def cached_flat_bank(path: str | None, fs: float, seed: int, device: str) -> FlatBank:
+    """flat_bank(cached_bank(...)), built once per (path, fs, seed, device)."""
+    return flat_bank(cached_bank(path, fs, seed, device))
 
 
 def synthetic_bank(seed: int, fs: float = 500.0, channels: int = 8, seconds: float = 60.0,

@@ -353,3 +353,18 @@ def test_cuda_matches_cpu(ludb):
     g1, g2 = make_views(x[:16].cuda(), _all(16).cuda(), s.cuda())
     assert g1.device.type == "cuda"
     assert torch.allclose(g1.cpu(), c1, atol=2e-4) and torch.allclose(g2.cpu(), c2, atol=2e-4)
+
+
+def test_make_views_is_the_z_scored_view_parts(ludb):
+    """make_views adds the noise in a fused pass; it must agree with the unfused view_parts
+    (clean + noise, masked) z-scored, with mixed crops, lead masks and both noise modes."""
+    x, keys = ludb
+    g = torch.Generator().manual_seed(3)
+    mask = torch.rand(24, N_LEADS, generator=g) < 0.5
+    mask[torch.arange(24), torch.arange(24) % N_LEADS] = True
+    s = record_seeds(4, keys[:24], 1)
+    for cfg in (ViewConfig(), ViewConfig(length=3000), ViewConfig(noise_mode="fresh")):
+        v1, v2 = make_views(x[:24], mask, s, cfg)
+        p = view_parts(x[:24], mask, s, cfg).views.double()
+        z = (p - p.mean(-1, keepdim=True)) / (p.std(-1, unbiased=False, keepdim=True) + cfg.eps)
+        torch.testing.assert_close(torch.stack([v1[:, 0], v2[:, 0]]).double(), z, rtol=0, atol=1e-4)
