@@ -34,7 +34,8 @@ def head_node():
     port, dash = free_port(), free_port()
     temp = f"/tmp/rj{port}"          # short: Ray's unix socket paths must fit 107 bytes
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_USAGE_STATS_ENABLED="0", PATH=f"{BIN}:{env.get('PATH', '')}",
+    # Ray 2.60 heads require a token (~/.ray/auth_token); clients only send it in token mode.
+    env.update(RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", PATH=f"{BIN}:{env.get('PATH', '')}",
                TORCH_EXTENSIONS_DIR=env.get("TORCH_EXTENSIONS_DIR", "/tmp/clef-torch-ext"))
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--port", str(port),
            "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
