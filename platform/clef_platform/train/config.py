@@ -156,6 +156,9 @@ class PretrainConfig:
                 errors.append(f"{name} must be >= 1, got {value}")
         if self.deepspeed.zero_stage not in (0, 1, 2, 3):
             errors.append("deepspeed.zero_stage must be 0-3")
+        if self.method in ("byol", "moco") and self.deepspeed.enabled and self.deepspeed.zero_stage == 3:
+            errors.append("byol/moco keep an EMA copy of the encoder, which needs whole "
+                          "parameters: use ZeRO stage 0-2")
         if self.method == "clef" and not self.data.features:
             errors.append("method clef needs --features (risk and missing fraction)")
         if not self.data.data:

@@ -88,9 +88,11 @@ class PretrainModule(nn.Module):
         if self._target:
             L.momentum_update(self._target[0], nn.Sequential(self.encoder, self.projector),
                               self.momentum)
-        if self._queue and getattr(self, "_pending_keys", None) is not None:
-            self._queue[0].enqueue(self._pending_keys)
-            self._pending_keys = None
+        pending = getattr(self, "_pending_keys", None)
+        if self._queue and pending:
+            # every micro-batch's keys of this step (gradient accumulation), once per step
+            self._queue[0].enqueue(torch.cat(pending))
+            self._pending_keys = []
 
     # -- loss -----------------------------------------------------------------------------------
     def forward(self, v1: torch.Tensor, v2: torch.Tensor, risk: torch.Tensor | None = None,
@@ -116,7 +118,9 @@ class PretrainModule(nn.Module):
         queue = self._queue[0]
         loss = 0.5 * (L.moco_loss(q1, k2, queue, self.temperature)
                       + L.moco_loss(q2, k1, queue, self.temperature))
-        self._pending_keys = torch.cat([k1, k2])
+        if not hasattr(self, "_pending_keys") or self._pending_keys is None:
+            self._pending_keys = []
+        self._pending_keys.append(torch.cat([k1, k2]).detach())
         return loss
 
 
