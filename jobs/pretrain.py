@@ -35,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
                "exports": {str(k): v for k, v in result.exports.items()},
                "seconds": round(result.seconds, 1),
                "error": None if result.error is None else repr(result.error)}
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2), flush=True)
+    # Shut Ray down here, not in its atexit hook: a shutdown racing interpreter exit has turned
+    # a finished run's exit status into 1.
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
     return 0 if result.error is None else 1
 
 
