@@ -133,7 +133,7 @@ def train_loop(loop_config: dict) -> None:
                 _, client = engine.load_checkpoint(d, tag=None)
                 client = client or {}
             else:
-                client = torch.load(Path(d) / CLIENT_STATE, map_location="cpu", weights_only=False)
+                client = torch.load(Path(d) / CLIENT_STATE, map_location="cpu", weights_only=True)
                 model.load_state_dict(client["model"])
                 optimizer.load_state_dict(client["optimizer"])
                 scheduler.load_state_dict(client["scheduler"])
