@@ -56,24 +56,27 @@ class InMemoryCorpus:
 def load_corpus(source: Path, corpus: str, length: int) -> InMemoryCorpus:
     """Reads and validates every record; quarantined ones are logged and left out."""
     adapter = get_adapter(corpus)
-    stored: list[CanonicalRecord] = []
+    kept: list[CanonicalRecord] = []
+    quarantined = too_short = 0
     for ref in adapter.list_records(Path(source)):
         result = process_record(ref)
-        if isinstance(result, CanonicalRecord):
-            stored.append(result)
-        else:
+        if not isinstance(result, CanonicalRecord):
+            quarantined += 1
             log.warning("quarantined %s: %s (%s)", ref.record_id, result.reason, result.detail)
-    if not stored:
+        elif result.digital.shape[1] < length:
+            too_short += 1   # views need `length` samples; the corpus must be stackable
+        else:
+            kept.append(result)
+    if not kept:
         raise ValueError(f"no usable record under {source}")
     # Records are cropped to a common length here; views cut their own window from it.
-    signals = np.stack([r.millivolts()[:, :length] for r in stored if r.digital.shape[1] >= length])
-    kept = [r for r in stored if r.digital.shape[1] >= length]
+    signals = np.stack([r.millivolts()[:, :length] for r in kept])
     age = np.array([np.nan if r.ref.age is None else r.ref.age for r in kept], dtype=float)
     male = np.array([{"M": 1.0, "F": 0.0}.get(r.ref.sex or "", np.nan) for r in kept])
     nan = np.full(len(kept), np.nan)
     risk, missing = score2_with_missing(age, male, nan, nan, nan, nan, nan)
-    log.info("loaded %d records from %s (%d quarantined or too short)",
-             len(kept), source, len(stored) - len(kept))
+    log.info("loaded %d records from %s (%d quarantined, %d shorter than %d samples)",
+             len(kept), source, quarantined, too_short, length)
     return InMemoryCorpus(
         keys=[f"{r.ref.corpus}/{r.ref.record_id}" for r in kept],
         signals=torch.from_numpy(signals),
