@@ -9,7 +9,6 @@ starts, and the moto server itself only starts when an S3 test asks for it.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,12 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from tests.helpers import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

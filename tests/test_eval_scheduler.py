@@ -4,10 +4,8 @@ raises; Prometheus gauges; the report renders and names every task."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +24,7 @@ from clef_platform.evaluate.report import render_report
 from clef_platform.evaluate.scheduler import EvalConfig, EvalMetrics, watch
 from clef_platform.evaluate.store import ResultsStore
 from clef_platform.evaluate.tasks import load_task, load_tasks
+from tests.helpers import free_port, load_job
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -62,13 +61,6 @@ def cronjob_argv(env: dict[str, str]) -> list[str]:
     return [sub(x) for x in c["command"] + c["args"]]
 
 
-def load_job():
-    spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs" / "evaluate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_cronjob_command_twice_stores_each_result_once(data_root, tmp_path, capsys):
     run = tmp_path / "runs" / "r1"
     write_export(str(run), 10, "small", seed=1)
@@ -79,7 +71,7 @@ def test_cronjob_command_twice_stores_each_result_once(data_root, tmp_path, caps
     assert argv[:2] == ["python", "jobs/evaluate.py"]
 
     # First run in this process (the session's Ray is already up, so the job joins it).
-    assert load_job().main(argv[2:]) == 0
+    assert load_job("evaluate").main(argv[2:]) == 0
     first = json.loads(capsys.readouterr().out)
     df1 = ResultsStore(str(run / "eval" / "results.parquet")).read()
     # 3 LUDB tasks x (export + random baseline); CinC / PTB-XL datasets absent -> skipped.
@@ -111,9 +103,7 @@ def watched(data_root, broken_task, tmp_path_factory):
                      random_baseline=False, retries=1, retry_delay_s=0.0,
                      probe=ProbeConfig(logistic_C=(0.1, 1.0), n_bootstrap=200))
     metrics = EvalMetrics()
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
+    port = free_port()
     server, _ = metrics.serve(port)
     stop = threading.Event()
     passes: list = []

@@ -2,7 +2,6 @@
 port) and stopped by its PID. infra/setup/install_redis.sh installs the server where missing."""
 
 import shutil
-import socket
 import subprocess
 import time
 
@@ -13,6 +12,7 @@ import pytest
 from clef_model.risk import score2
 from clef_platform.features.config import FeatureStoreConfig
 from clef_platform.features.schema import FLOOR
+from tests.helpers import free_port
 
 REDIS = shutil.which("redis-server") or (
     "/usr/bin/redis-server" if shutil.os.path.exists("/usr/bin/redis-server") else None)
@@ -21,15 +21,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 T0 = pd.Timestamp("2160-05-01 09:30", tz="UTC")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def redis_server():
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([REDIS, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
                              "--appendonly", "no", "--protected-mode", "yes"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -3,14 +3,12 @@ counts, lead order and values, shard format, patient-level splits, determinism, 
 resume, quarantine, the job CLI with its Prometheus counters."""
 
 import hashlib
-import importlib.util
 import io
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -29,6 +27,7 @@ from clef_platform.ingest.pipeline import DestinationConflict, IngestConfig, run
 from clef_platform.ingest.shards import EncodedSample, ShardTarWriter, record_key
 from clef_platform.ingest.splits import SplitRatios, assign_split
 from clef_platform.loader import LoaderConfig, record_dataset
+from tests.helpers import free_port, load_job
 
 REPO = Path(__file__).resolve().parents[1]
 LUDB = REPO / "data" / "ludb"
@@ -38,11 +37,6 @@ KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 pytestmark = pytest.mark.slow
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ingest(corpus: str, source: Path, dest: Path, **kw) -> object:
@@ -226,13 +220,6 @@ def test_destination_holding_another_ingest_is_refused(ludb_ds, tmp_path):
         ingest("cinc2021", CINC, foreign)
 
 
-def _load_job():
-    spec = importlib.util.spec_from_file_location("ingest_job", REPO / "jobs" / "ingest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_job_quarantines_damaged_records_and_prints_balance(ray_local, tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
@@ -242,7 +229,7 @@ def test_job_quarantines_damaged_records_and_prints_balance(ray_local, tmp_path,
     data = (src / "2.dat").read_bytes()
     (src / "2.dat").write_bytes(data[: len(data) // 2 + 1])      # interrupted copy
     (src / "3.dat").unlink()                                      # signal file missing
-    rc = _load_job().main(["--corpus", "ludb", "--source", str(src), "--dest",
+    rc = load_job("ingest").main(["--corpus", "ludb", "--source", str(src), "--dest",
                            str(tmp_path / "ds"), "--shard-bytes", "300000", "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0

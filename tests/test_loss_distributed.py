@@ -8,7 +8,6 @@ gradient convention), and only a [2 n_local, 2 B] logits block may be materialis
 """
 
 import os
-import socket
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from clef_model.loss import MoCoQueue, clef_loss, info_nce
+from tests.helpers import free_port
 
 SIZES = {1: [16], 2: [3, 5], 4: [3, 5, 2, 6]}
 CASES = ("clef", "clef_missing", "info_nce")
@@ -79,11 +79,6 @@ def _worker(rank, world, port, sizes, data, refs):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.parametrize("world", sorted(SIZES))
 def test_distributed_losses_match_single_process(world):
@@ -91,4 +86,4 @@ def test_distributed_losses_match_single_process(world):
     data = _data(sum(sizes))
     x1, x2, W, risk, missing = data
     refs = {case: _run(case, x1, x2, W, risk, missing) for case in CASES}  # not distributed here
-    mp.spawn(_worker, args=(world, _free_port(), sizes, data, refs), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), sizes, data, refs), nprocs=world, join=True)

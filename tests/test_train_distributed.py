@@ -18,16 +18,10 @@ import pytest
 import torch
 
 from clef_platform.train.config import PretrainConfig
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_cfg(ludb, tmp_path, run_name, *extra) -> PretrainConfig:
