@@ -28,9 +28,9 @@ from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
-from clef_platform.ingest.manifest import read_manifest
-from clef_platform.ingest.pipeline import shard_object_key
-from clef_platform.ingest.shards import decode_sample
+from clef_platform.layout.dataset import read_manifest
+from clef_platform.layout.dataset import shard_key as shard_object_key
+from clef_platform.layout.shards import decode_sample
 from clef_platform.storage import ObjectStore, S3Store, open_store
 
 log = logging.getLogger(__name__)

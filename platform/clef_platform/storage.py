@@ -34,6 +34,15 @@ def _check_key(key: str) -> str:
     return key
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or link in `path` durable (POSIX: the directory entry needs its own fsync)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class ObjectStore(ABC):
     """A flat key -> bytes store rooted at `url`."""
 
@@ -45,6 +54,14 @@ class ObjectStore(ABC):
     @abstractmethod
     def put_file(self, key: str, path: Path) -> None:
         """Upload a local file atomically (the file is left in place)."""
+
+    @abstractmethod
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """Create `key` only if no object has that key; True if this call created it.
+
+        The commit primitive for claims, markers and results: of two writers racing for the
+        same key exactly one wins (local: a hard link, which fails if the name exists; S3: a
+        conditional PUT with If-None-Match: *)."""
 
     @abstractmethod
     def get_bytes(self, key: str) -> bytes: ...
@@ -96,6 +113,7 @@ class LocalStore(ObjectStore):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -103,7 +121,26 @@ class LocalStore(ObjectStore):
         dest, tmp = self._atomic_target(key)
         try:
             shutil.copyfile(path, tmp)
+            with open(tmp, "rb+") as f:   # data on disk before the name that commits it
+                os.fsync(f.fileno())
             os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        dest, tmp = self._atomic_target(key)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, dest)      # atomic, and refuses an existing name
+            except FileExistsError:
+                return False
+            _fsync_dir(dest.parent)
+            return True
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -158,6 +195,20 @@ class S3Store(ObjectStore):
         # upload_file switches to multipart for large shards; the object appears only when the
         # upload completes, so a crash never leaves a partial shard under its final key.
         self._client.upload_file(str(path), self.bucket, self._key(key))
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                    IfNoneMatch="*")
+            return True
+        except ClientError as e:
+            # 412: the key exists; 409: a concurrent conditional write to it is in flight
+            if e.response.get("Error", {}).get("Code") in (
+                    "PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                return False
+            raise
 
     def get_bytes(self, key: str) -> bytes:
         return self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()

@@ -3,7 +3,7 @@
 An ingested dataset (clef_platform.ingest) is a folder or prefix in the object store with
 `manifest.parquet` at its root (one row per stored record: record_id, patient_id, corpus, split,
 shard, sha256, age, sex, labels, ...) and WebDataset tar shards of `<key>.meta.json` +
-`<key>.signal.npy` samples (clef_platform.ingest.shards).
+`<key>.signal.npy` samples (clef_platform.layout.shards).
 
 Leakage: a checkpoint's pretraining manifest lists the records it trained on by `sha256` of the
 canonical signal; every record of a probe dataset whose sha256 is in it is excluded from every
@@ -84,7 +84,7 @@ class Dataset:
 
     @property
     def shard_keys(self) -> list[str]:
-        from clef_platform.ingest.pipeline import shard_object_key
+        from clef_platform.layout.dataset import shard_key as shard_object_key
 
         return [shard_object_key(s) for s in sorted({str(s) for s in
                                                      self.manifest["shard"].dropna()})]
@@ -118,7 +118,7 @@ def open_dataset(url: str) -> Dataset:
 
 def iter_shard(store: ObjectStore, key: str) -> Iterator[dict[str, Any]]:
     """Canonical record dicts (docs/architecture.md) of one shard, in stored order."""
-    from clef_platform.ingest.shards import decode_sample
+    from clef_platform.layout.shards import decode_sample
 
     with store.open(key) as f, tarfile.open(fileobj=f, mode="r|") as tar:
         current: str | None = None

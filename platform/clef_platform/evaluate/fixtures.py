@@ -61,7 +61,7 @@ def raw_sha256(corpus: str, source: Path, names: Iterable[str]) -> list[str]:
     from clef_platform.ingest.adapters import get_adapter
     from clef_platform.ingest.canonical import process_record
     from clef_platform.ingest.record import CanonicalRecord
-    from clef_platform.ingest.shards import signal_sha256
+    from clef_platform.layout.shards import signal_sha256
 
     wanted = set(names)
     out = []

@@ -10,8 +10,12 @@ Determinism and resume come from planning before any signal is read:
 2. Ray Data maps over the planned shards that have no part file yet: each task reads and
    validates its records (`process_record`), encodes them and streams them into a temp tar,
    then uploads the shard atomically and writes its part (manifest + quarantine rows).
-3. The driver assembles the parts into quarantine.parquet and then manifest.parquet (last: the
-   commit marker). After a crash, rerunning the same command skips shards whose part exists.
+3. The driver assembles the parts into the shard index, quarantine.parquet and then
+   manifest.parquet (last: the commit; clef_platform.layout.dataset owns the layout). After a
+   crash, rerunning the same command skips shards whose part exists.
+
+The destination is claimed first (`layout.dataset.claim_destination`): of two ingests into one
+destination at once, one proceeds and the other stops with a DestinationConflict.
 
 Records the plan puts in a shard but validation rejects simply leave that shard a little
 smaller than planned; they never move other records, which keeps the plan stable.
@@ -29,9 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from clef_platform.ingest import manifest as mf
+from clef_platform.layout import dataset as mf
 from clef_platform.ingest.record import CanonicalRecord, Quarantined, RecordRef
-from clef_platform.ingest.shards import FORMAT_VERSION, ShardTarWriter, encode_record, record_key
+from clef_platform.layout.shards import FORMAT_VERSION, ShardTarWriter, encode_record, record_key
 from clef_platform.ingest.splits import SplitRatios, assign_split
 from clef_platform.storage import ObjectStore, open_store
 
@@ -39,7 +43,6 @@ log = logging.getLogger(__name__)
 
 ProcessFn = Callable[[RecordRef], "CanonicalRecord | Quarantined"]
 DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
-SHARDS_PREFIX = "shards/"
 _FALLBACK_RECORD_BYTES = 12 * 5000 * 2 + 2048   # a 10 s, 500 Hz record, if the probe fails
 
 
@@ -74,7 +77,7 @@ class ShardPlan:
 
     @property
     def object_key(self) -> str:
-        return shard_object_key(self.name)
+        return shard_key(self.name)
 
 
 @dataclass
@@ -100,6 +103,7 @@ class IngestSummary:
     seconds: float = 0.0
     records_per_s: float = 0.0
     records_per_shard: int = 0
+    digest: str = ""                # the committed dataset's digest (layout.dataset)
 
     @property
     def balanced(self) -> bool:
@@ -115,21 +119,14 @@ class IngestSummary:
             f"{self.shards_skipped}), {self.records_per_shard} records/shard planned, "
             f"{self.bytes} bytes ({self.bytes / 2**20:.1f} MiB)",
             f"{self.seconds:.1f} s, {self.records_per_s:.1f} records/s",
+            f"dataset digest {self.digest}",
         ]
-
-
-class DestinationConflict(RuntimeError):
-    """The destination holds a different ingest (other corpus, settings or listing)."""
-
-
-def shard_object_key(name: str) -> str:
-    return f"{SHARDS_PREFIX}{name}.tar"
 
 
 # ---------------------------------------------------------------- refs <-> JSON (for Ray rows)
 
 def ref_to_json(ref: RecordRef) -> str:
-    from clef_platform.ingest.shards import dumps_json
+    from clef_platform.layout.shards import dumps_json
     return dumps_json(asdict(ref))
 
 
@@ -189,7 +186,7 @@ def plan_shards(refs: Iterable[RecordRef], ratios: SplitRatios, records_per_shar
         items = per_split[split]
         for i, start in enumerate(range(0, len(items), records_per_shard)):
             chunk = items[start:start + records_per_shard]
-            plans.append(ShardPlan(f"{split}-{i:06d}", split, tuple(k for k, _ in chunk),
+            plans.append(ShardPlan(shard_name(split, i), split, tuple(k for k, _ in chunk),
                                    tuple(r for _, r in chunk)))
     return plans, duplicates
 
@@ -224,22 +221,6 @@ def records_per_shard_for(refs: list[RecordRef], cfg: IngestConfig, process: Pro
     return max(1, int(cfg.shard_bytes // per_record))
 
 
-def _check_destination(store: ObjectStore, plan_doc: dict[str, Any]) -> None:
-    if store.exists(mf.PLAN_KEY):
-        old = json.loads(store.get_bytes(mf.PLAN_KEY))
-        if old.get("fingerprint") != plan_doc["fingerprint"]:
-            raise DestinationConflict(
-                f"{store.url} already holds a different ingest (corpus "
-                f"{old.get('corpus')!r}, {old.get('shards')} shards, settings or listing "
-                f"differ): use a new destination or delete it first")
-        return
-    existing = [k for k in store.list("") if not k.startswith("_ingest/")]
-    if existing:
-        raise DestinationConflict(f"{store.url} is not empty and was not written by this "
-                                  f"ingest (found {existing[0]!r}); use an empty destination")
-    store.put_bytes(mf.PLAN_KEY, json.dumps(plan_doc, sort_keys=True, indent=1).encode())
-
-
 # ------------------------------------------------------------------------ the shard task
 
 def write_shard(name: str, split: str, refs_json: str, dest: str,
@@ -253,7 +234,7 @@ def write_shard(name: str, split: str, refs_json: str, dest: str,
     refs = [ref_from_json(t) for t in json.loads(refs_json)]
     stored_rows: list[dict[str, Any]] = []
     quarantined_rows: list[dict[str, Any]] = []
-    nbytes = 0
+    nbytes, sha = 0, ""
     with tempfile.TemporaryDirectory(prefix="clef-shard-") as tmp:
         tar_path = Path(tmp) / f"{name}.tar"
         with open(tar_path, "wb") as f, ShardTarWriter(f) as writer:
@@ -266,9 +247,10 @@ def write_shard(name: str, split: str, refs_json: str, dest: str,
                 writer.add(sample)
                 stored_rows.append(mf.manifest_row(sample.meta, name))
         if stored_rows:
-            nbytes = tar_path.stat().st_size
-            store.put_file(shard_object_key(name), tar_path)
-    mf.write_part(store, name, stored_rows, quarantined_rows, shard_bytes=nbytes)
+            nbytes, sha = tar_path.stat().st_size, sha256_file(tar_path)
+            store.put_file(shard_key(name), tar_path)
+    mf.write_part(store, ShardInfo(name, split, len(stored_rows), nbytes, sha), stored_rows,
+                  quarantined_rows)
     reasons = Counter(r["reason"] for r in quarantined_rows)
     return ShardResult(name, len(stored_rows), len(quarantined_rows), nbytes, dict(reasons))
 
@@ -288,14 +270,14 @@ def run_ingest(cfg: IngestConfig, *,
                list_refs: Callable[[str, Path], Iterable[RecordRef]] = default_list_refs,
                process: ProcessFn = default_process,
                on_plan: Callable[[int], None] | None = None,
-               on_shard: ProgressFn | None = None) -> IngestSummary:
+               on_shard: ProgressFn | None = None,
+               before_claim: Callable[[], None] | None = None) -> IngestSummary:
     """Ingest `cfg.source` into `cfg.dest`; resumable. Ray must already be initialised.
 
     `on_plan(n_shards)` is called once the plan is known, `on_shard(result)` per shard as it
     completes (or is found complete from an earlier run): hooks for progress and metrics.
+    `before_claim` is a test hook run between reading and creating the destination's claim.
     """
-    import ray
-
     t0 = time.perf_counter()
     store = open_store(cfg.dest)
     # Absolute paths: Ray workers (and `ray job submit` entrypoints) may run elsewhere.
@@ -305,17 +287,30 @@ def run_ingest(cfg: IngestConfig, *,
     rps = records_per_shard_for(refs, cfg, process) if refs else 1
     plans, duplicates = plan_shards(refs, cfg.split_ratios, rps)
     fingerprint = plan_fingerprint(cfg, plans, rps)
-    _check_destination(store, {
+    claim = mf.claim_destination(store, {
         "fingerprint": fingerprint, "corpus": cfg.corpus, "shards": len(plans),
         "records": len(refs), "records_per_shard": rps, "shard_bytes": cfg.shard_bytes,
-        "split_ratios": cfg.split_ratios.to_text(), "format_version": FORMAT_VERSION})
+        "split_ratios": cfg.split_ratios.to_text(), "format_version": FORMAT_VERSION},
+        before_create=before_claim).hold()
+    try:
+        return _ingest_claimed(cfg, store, plans, duplicates, rps, process, on_plan, on_shard,
+                               t0)
+    finally:
+        claim.release()
 
-    done = {k[len(mf.PARTS_PREFIX):-len(".json")] for k in store.list(mf.PARTS_PREFIX)
-            if k.endswith(".json")}
+
+def _ingest_claimed(cfg: IngestConfig, store: ObjectStore, plans: list[ShardPlan],
+                    duplicates: list[Quarantined], rps: int, process: ProcessFn,
+                    on_plan: Callable[[int], None] | None, on_shard: ProgressFn | None,
+                    t0: float) -> IngestSummary:
+    import ray
+
+    refs_in = sum(len(p.refs) for p in plans) + len(duplicates)
+    done = mf.finished_parts(store)
     todo = [p for p in plans if p.name not in done]
     log.info("%d shards planned (%d records/shard), %d already complete, %d to write",
              len(plans), rps, len(plans) - len(todo), len(todo))
-    summary = IngestSummary(records_in=len(refs), records_per_shard=rps)
+    summary = IngestSummary(records_in=refs_in, records_per_shard=rps)
     if on_plan:
         on_plan(len(plans))
     for p in plans:
@@ -342,13 +337,16 @@ def run_ingest(cfg: IngestConfig, *,
     # Assemble from the parts (this run's and earlier runs'), in plan order.
     stored_rows: list[dict[str, Any]] = []
     quarantined_rows = [_quarantine_row(q, "") for q in duplicates]
+    shards = []
     for p in plans:
-        s_rows, q_rows, nbytes = mf.read_part(store, p.name)
+        info, s_rows, q_rows = mf.read_part(store, p.name)
         stored_rows += s_rows
         quarantined_rows += q_rows
-        summary.bytes += nbytes
+        shards.append(info)
+        summary.bytes += info.nbytes
         summary.shards += 1 if s_rows else 0
-    mf.write_tables(store, mf.manifest_table(stored_rows), mf.quarantine_table(quarantined_rows))
+    summary.digest = mf.commit_dataset(store, mf.manifest_table(stored_rows),
+                                       mf.quarantine_table(quarantined_rows), shards)
 
     summary.stored = len(stored_rows)
     summary.quarantined = len(quarantined_rows)

@@ -70,7 +70,7 @@ class RiskTable:
 
 def read_split_manifest(data_url: str, split: str):
     """The manifest rows of one split (pandas), sorted by key."""
-    from clef_platform.ingest.manifest import read_manifest
+    from clef_platform.layout.dataset import read_manifest
     from clef_platform.storage import open_store
 
     df = read_manifest(open_store(data_url)).to_pandas()

@@ -1,4 +1,5 @@
-"""WebDataset samples and deterministic shard tar files.
+"""The sample and shard format (layout owner): WebDataset samples in deterministic tar files,
+and the one reader of them, which verifies what it reads.
 
 A stored record is one WebDataset sample of two members (no pickle anywhere):
 
@@ -10,6 +11,11 @@ A stored record is one WebDataset sample of two members (no pickle anywhere):
 Shards are plain tar files written so that the same samples give byte-identical files: samples
 in increasing key order, members of a sample sorted by name, mtime 0, owner 0/0 with empty
 names, mode 0444, GNU format.
+
+Reading (`read_shard`): the whole shard is fetched while it is hashed and compared with the shard
+index's SHA-256 before any record is handed out, so a damaged shard is refused (or skipped, by
+the caller's policy) whole, never half-used; then its record count is checked, and optionally
+each record's signal against the SHA-256 in its meta.
 """
 
 from __future__ import annotations
@@ -19,16 +25,25 @@ import io
 import json
 import math
 import re
+import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
 import numpy as np
 
 from clef_model.leads import LEADS, N_LEADS
+from clef_platform.digests import HashingReader
 from clef_platform.ingest.record import CanonicalRecord
+from clef_platform.layout.errors import RecordError, ShardError
 
-FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    from clef_platform.layout.dataset import ShardInfo
+    from clef_platform.storage import ObjectStore
+
+FORMAT_VERSION = 1          # the sample format (members below); the dataset layout has its own
 SIGNAL_MEMBER = "signal.npy"
 META_MEMBER = "meta.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -170,6 +185,10 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     Safe decoding only: `np.load(allow_pickle=False)` and `json.loads`; members other than ours
     are ignored, never interpreted.
     """
+    return _decode(sample)[0]
+
+
+def _decode(sample: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
     meta_raw = sample[META_MEMBER]
     meta = json.loads(meta_raw if isinstance(meta_raw, (str, bytes)) else bytes(meta_raw))
     sig_raw = sample[SIGNAL_MEMBER]
@@ -196,4 +215,102 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
         "signal": signal,
         "lead_mask": np.asarray(meta["lead_mask"], dtype=bool),
         "meta": rest,
-    }
+    }, digital
+
+
+# ------------------------------------------------------------------------------- reading
+
+_SPOOL_BYTES = 64 * 1024 * 1024     # shards up to this size are verified in memory
+
+
+def fetch_verified(store: "ObjectStore", info: "ShardInfo") -> BinaryIO:
+    """The shard's bytes (a file object at offset 0) after checking size and SHA-256 against the
+    shard index; a mismatch raises ShardError naming the shard. Local shards are hashed in place
+    and reopened (page cache); remote ones are spooled to memory or a temp file once."""
+    from clef_platform.storage import LocalStore
+
+    if isinstance(store, LocalStore):
+        src = HashingReader(store.open(info.key))
+        try:
+            while src.read(1 << 20):
+                pass
+        except OSError as e:
+            raise ShardError(info.name, f"unreadable ({e})") from None
+        finally:
+            src.close()
+        _check_digest(info, src)
+        return store.open(info.key)
+    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
+    src = HashingReader(store.open(info.key))
+    try:
+        shutil.copyfileobj(src, spool, 1 << 20)
+    finally:
+        src.close()
+    _check_digest(info, src)
+    spool.seek(0)
+    return spool
+
+
+def _check_digest(info: "ShardInfo", src: HashingReader) -> None:
+    if src.nbytes != info.nbytes:
+        raise ShardError(info.name, f"{src.nbytes} bytes, the shard index says {info.nbytes} "
+                                    f"(truncated or replaced)")
+    if src.hexdigest() != info.sha256:
+        raise ShardError(info.name, "SHA-256 differs from the shard index (bytes changed "
+                                    "after ingest)")
+
+
+def iter_raw_samples(f: BinaryIO, shard: str) -> Iterator[dict[str, Any]]:
+    """{member suffix: bytes, "__key__": key} per sample of a tar stream, in stored order."""
+    current: str | None = None
+    sample: dict[str, Any] = {}
+    try:
+        with tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                skey, _, suffix = PurePosixPath(member.name).name.partition(".")
+                if current is not None and skey != current:
+                    yield sample
+                    sample = {}
+                current = skey
+                sample["__key__"] = skey
+                sample[suffix] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ShardError(shard, f"not a readable tar ({type(e).__name__}: {e})") from None
+    if sample:
+        yield sample
+
+
+def check_record(rec: dict[str, Any], digital: np.ndarray, shard: str) -> None:
+    """The record's signal against the SHA-256 its meta (and the manifest) recorded."""
+    if signal_sha256(digital) != rec["meta"].get("sha256"):
+        raise RecordError(shard, rec["key"], "signal SHA-256 differs from the manifest's")
+
+
+def read_shard(store: "ObjectStore", info: "ShardInfo", *, verify_shard: bool = True,
+               verify_records: bool = False) -> Iterator[dict[str, Any]]:
+    """Canonical record dicts of one shard in stored order, verified as asked.
+
+    verify_shard: size and SHA-256 of the whole shard before any record is yielded, and its
+    record count at the end. verify_records: each record's signal SHA-256 (costs one hash of
+    the signal per record)."""
+    f = fetch_verified(store, info) if verify_shard else store.open(info.key)
+    n = 0
+    try:
+        for raw in iter_raw_samples(f, info.name):
+            try:
+                rec, digital = _decode(raw)
+            except (KeyError, ValueError) as e:
+                raise RecordError(info.name, raw.get("__key__", "?"), f"undecodable ({e})") \
+                    from None
+            if rec["key"] != raw["__key__"]:
+                raise RecordError(info.name, raw["__key__"], f"meta names key {rec['key']!r}")
+            if verify_records:
+                check_record(rec, digital, info.name)
+            n += 1
+            yield rec
+    finally:
+        f.close()
+    if verify_shard and n != info.records:
+        raise ShardError(info.name, f"{n} records, the shard index says {info.records}")
