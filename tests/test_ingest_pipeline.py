@@ -22,9 +22,9 @@ import pytest
 import wfdb
 
 from clef_model.leads import LEADS, lead_index
-from clef_platform.ingest.manifest import MANIFEST_KEY, PARTS_PREFIX, QUARANTINE_KEY
+from clef_platform.layout.dataset import MANIFEST_KEY, PARTS_PREFIX, QUARANTINE_KEY
 from clef_platform.ingest.pipeline import DestinationConflict, IngestConfig, run_ingest
-from clef_platform.ingest.shards import EncodedSample, ShardTarWriter, record_key
+from clef_platform.layout.shards import EncodedSample, ShardTarWriter, record_key
 from clef_platform.ingest.splits import SplitRatios, assign_split
 from clef_platform.loader import LoaderConfig, record_dataset
 from tests.helpers import free_port, load_job

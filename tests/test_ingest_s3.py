@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from clef_platform.ingest.manifest import MANIFEST_KEY, PARTS_PREFIX, QUARANTINE_KEY
+from clef_platform.layout.dataset import MANIFEST_KEY, PARTS_PREFIX, QUARANTINE_KEY
 from clef_platform.ingest.pipeline import IngestConfig, run_ingest
 from clef_platform.loader import LoaderConfig, ray_dataset, record_dataset
 from clef_platform.storage import open_store

@@ -160,6 +160,7 @@ def train_loop(loop_config: dict) -> None:
 
     # ---- the loop -----------------------------------------------------------------------------
     model.train()
+    damaged = 0                # shards/records skipped by the loader (data.on_damage=skip)
     t_first = None             # duration of the first step (compilation, allocator warm-up)
     t_first_wall = None        # wall clock at the end of the first step (time to first step)
     steady_s, steady_n = 0.0, 0  # step time after the first step, for the mean throughput
@@ -171,6 +172,12 @@ def train_loop(loop_config: dict) -> None:
             tw = time.perf_counter()
             batch = next(batches)
             wait += time.perf_counter() - tw
+            for what in batch.get("damaged", ()):
+                damaged += 1
+                log.warning("rank %d: %s (skipped; %d so far)", rank, what, damaged)
+                if trace_dir:
+                    D.trace_event(trace_dir, rank, {"event": "damaged", "step": step,
+                                                    "what": what})
             if "v1" in batch:  # views made in the DataLoader workers
                 v1, v2 = batch["v1"].to(device), batch["v2"].to(device)
             else:  # views made here, batched, on the training device
@@ -228,7 +235,7 @@ def train_loop(loop_config: dict) -> None:
         report = {"step": step, "loss": loss_val, "lr": lr,
                   "grad_norm": grad_norm if grad_norm is not None else float("nan"),
                   "first_step_s": t_first, "first_step_end_unix": t_first_wall,
-                  "train_start_unix": t_start,
+                  "train_start_unix": t_start, "damaged_skipped": damaged,
                   # global samples/s averaged over the steps after the first (lock-step ranks)
                   "samples_per_s": (cfg.global_batch * accum * steady_n / steady_s
                                     if steady_n else float("nan"))}
