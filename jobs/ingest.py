@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from clef_platform.ingest.pipeline import IngestConfig, ShardResult, run_ingest
+    from clef_platform.layout.dataset import DestinationConflict
     from clef_platform.metrics import IngestMetrics, MetricsServer
 
     cfg = IngestConfig(corpus=args.corpus, source=args.source, dest=args.dest,
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         # Our own bar counts shards; Ray Data's would repeat it in the log.
         ray.data.DataContext.get_current().enable_progress_bars = False
         summary = run_ingest(cfg, on_plan=on_plan, on_shard=on_shard)
+    except DestinationConflict as e:
+        print(f"ingest refused: {e}", file=sys.stderr)
+        return 1
     finally:
         if bar is not None:
             bar.close()

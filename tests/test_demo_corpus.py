@@ -124,7 +124,7 @@ def test_canonical_checksum_equals_ludbs_own(full):
     through the demo corpus must have the same canonical checksum as LUDB ingested directly."""
     from clef_platform.ingest.adapters import get_adapter
     from clef_platform.ingest.canonical import process_record
-    from clef_platform.ingest.shards import signal_sha256
+    from clef_platform.layout.shards import signal_sha256
 
     out, plan = full
     demo = {r.record_id: r for r in get_adapter("mimic-iv-ecg").list_records(out)}

@@ -9,13 +9,14 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
-from clef_platform.ingest import manifest as mf
+from clef_platform.layout import dataset as mf
 from clef_platform.ingest.adapters import get_adapter
 from clef_platform.ingest.pipeline import plan_shards, ref_to_json, write_shard
-from clef_platform.ingest.shards import decode_sample
+from clef_platform.layout.shards import decode_sample
 from clef_platform.ingest.splits import SplitRatios
 from clef_platform.loader import (
     LoaderConfig, NotEnoughShards, record_dataset, record_loader, shard_urls,
@@ -33,13 +34,14 @@ def build_dataset(dest: Path, n_records: int, per_shard: int) -> list[str]:
     plans, dup = plan_shards(refs, TRAIN_ONLY, per_shard)
     assert not dup
     store = open_store(dest)
-    rows, qrows = [], []
+    rows, qrows, infos = [], [], []
     for p in plans:
         write_shard(p.name, p.split, json.dumps([ref_to_json(r) for r in p.refs]), str(dest))
-        s, q, _ = mf.read_part(store, p.name)
+        info, s, q = mf.read_part(store, p.name)
         rows += s
         qrows += q
-    mf.write_tables(store, mf.manifest_table(rows), mf.quarantine_table(qrows))
+        infos.append(info)
+    mf.commit_dataset(store, mf.manifest_table(rows), mf.quarantine_table(qrows), infos)
     return sorted(r["key"] for r in rows)
 
 
@@ -142,3 +144,90 @@ def test_shard_members_are_only_npy_and_json(eight_shards):
         with tarfile.open(path) as tar:
             assert {m.name.split(".", 1)[1] for m in tar.getmembers()} == {"signal.npy",
                                                                            "meta.json"}
+
+
+# ---- verified reads: every kind of damage is refused or skipped by policy, never silent ----
+
+from clef_platform.layout.dataset import open_dataset  # noqa: E402
+from clef_platform.layout.errors import DatasetError, RecordError, ShardError  # noqa: E402
+from clef_platform.layout.shards import read_shard  # noqa: E402
+from tests.damage import KINDS, overwrite_signal  # noqa: E402
+
+
+def _damaged_copy(src: str, dest: Path, kind: str) -> tuple[str, str]:
+    import shutil
+
+    shutil.copytree(src, dest)
+    victim = sorted((dest / "shards").glob("*.tar"))[3]
+    KINDS[kind](victim)
+    return str(dest), victim.stem
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_damaged_shard_fails_naming_it(eight_shards, tmp_path, kind):
+    url, keys = eight_shards
+    bad, name = _damaged_copy(url, tmp_path / "ds", kind)
+    cfg = LoaderConfig(bad, "train", mode="exact", rank=0, world_size=1)
+    with pytest.raises(ShardError, match=f"shard {name}:"):
+        keys_of(record_dataset(cfg))
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_damaged_shard_is_skipped_whole_and_reported(eight_shards, tmp_path, kind):
+    url, keys = eight_shards
+    bad, name = _damaged_copy(url, tmp_path / "ds", kind)
+    skipped: list[DatasetError] = []
+    cfg = LoaderConfig(bad, "train", mode="exact", rank=0, world_size=1, on_damage="skip")
+    got = keys_of(record_dataset(cfg, on_skip=skipped.append))
+    lost = set(open_dataset(bad).frame().query("shard == @name")["key"])
+    assert len(lost) == 5 and sorted(got) == sorted(set(keys) - lost)   # none of it, all else
+    assert [e.shard for e in skipped] == [name]
+
+
+def test_unverified_read_of_a_cut_shard_is_silently_short(eight_shards, tmp_path):
+    """Why the check is on by default: without it a shard cut at a member boundary (or with a
+    flipped header) simply ends early, and nobody hears of it."""
+    url, keys = eight_shards
+    bad, _ = _damaged_copy(url, tmp_path / "ds", "cut_at_member_boundary")
+    got = keys_of(record_dataset(LoaderConfig(bad, "train", mode="exact", rank=0,
+                                              world_size=1, verify="none")))
+    assert len(got) < len(keys)
+
+
+def test_record_check_names_the_record_and_skip_keeps_the_rest(eight_shards, tmp_path):
+    url, _ = eight_shards
+    bad, name = _damaged_copy(url, tmp_path / "ds", "overwrite_signal")
+    ds = open_dataset(bad)
+    info = ds.shards[name]
+    first = ds.frame().query("shard == @name")["key"].iloc[0]
+    with pytest.raises(RecordError, match=f"shard {name}, record {first}: signal SHA-256"):
+        list(read_shard(ds.store, info, verify_shard=False, verify_records=True))
+    bad_records: list[RecordError] = []
+    kept = [r["key"] for r in read_shard(ds.store, info, verify_shard=False,
+                                         verify_records=True, on_bad_record=bad_records.append)]
+    assert [e.key for e in bad_records] == [first] and len(kept) == info.records - 1
+
+
+def test_dataset_digest_names_the_content(eight_shards, one_shard, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    url, _ = eight_shards
+    a, b = open_dataset(url), open_dataset(one_shard[0])
+    assert len(a.digest) == 64 and a.digest != b.digest
+    shutil.copytree(url, tmp_path / "copy")
+    assert open_dataset(str(tmp_path / "copy")).digest == a.digest
+    # a manifest edited after the commit no longer matches its recorded digest
+    m = pq.read_table(tmp_path / "copy" / "manifest.parquet")
+    sha = m.column("sha256").to_pylist()
+    sha[0] = "0" * 64
+    pq.write_table(m.set_column(m.schema.get_field_index("sha256"), "sha256",
+                                pa.array(sha)).replace_schema_metadata(m.schema.metadata),
+                   tmp_path / "copy" / "manifest.parquet")
+    with pytest.raises(DatasetError, match="does not match its recorded dataset digest"):
+        open_dataset(str(tmp_path / "copy"))
+    # a dataset of the first layout (no schema version, no shard index) is refused by name
+    pq.write_table(m.replace_schema_metadata(None), tmp_path / "copy" / "manifest.parquet")
+    with pytest.raises(DatasetError, match="schema version 1.*re-ingest"):
+        open_dataset(str(tmp_path / "copy"))

@@ -73,7 +73,7 @@ def test_two_workers_deepspeed_clef_small(ludb_train_data, tmp_path):
     feature store reaches the loss, Prometheus shows samples/s and loss moving, exports load."""
     from clef_model import load_encoder
     from clef_platform.features.client import RiskClient
-    from clef_platform.ingest.manifest import read_manifest
+    from clef_platform.layout.dataset import read_manifest
     from clef_platform.storage import open_store
     from clef_platform.train.run import run_pretraining
 

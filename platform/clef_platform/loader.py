@@ -14,12 +14,17 @@ Readers are (node rank, DataLoader worker) pairs: `world_size x num_workers` of 
 - mode="exact": each shard goes to exactly one reader (shards[reader::readers]), each record is
   read once. Fewer shards than readers is an error raised at once, not a hang.
 
-The shard list comes from manifest.parquet, so only committed datasets can be read.
+Reads are verified (layout.shards.read_shard): `verify="shards"` (the default) checks each whole
+shard's size, SHA-256 and record count against the dataset's shard index before its records are
+used; `verify="records"` also hashes every record's signal; `verify="none"` trusts the bytes.
+What happens on a mismatch is `on_damage`: "fail" raises an error naming the shard (and record),
+"skip" leaves the shard (or record) out, logs it and reports it to `on_skip` - never silently.
+
+The shard list comes from the committed dataset (layout.dataset.open_dataset).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -28,14 +33,18 @@ from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
-from clef_platform.layout.dataset import read_manifest
-from clef_platform.layout.dataset import shard_key as shard_object_key
-from clef_platform.layout.shards import decode_sample
-from clef_platform.storage import ObjectStore, S3Store, open_store
+from clef_platform.digests import stable_int
+from clef_platform.layout.dataset import ShardInfo, open_dataset
+from clef_platform.layout.errors import DatasetError
+from clef_platform.layout.shards import read_shard
+from clef_platform.storage import open_store
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["train", "exact"]
+VERIFY = ("none", "shards", "records")
+ON_DAMAGE = ("fail", "skip")
+SkipFn = Callable[[DatasetError], None]
 
 
 class NotEnoughShards(ValueError):
@@ -53,8 +62,14 @@ class LoaderConfig:
     rank: int | None = None             # default: torch.distributed if initialised, else 0
     world_size: int | None = None
     samples_per_reader: int | None = None   # train mode: stop each reader after this many
+    verify: str = "shards"              # none | shards | records (see the module docstring)
+    on_damage: str = "fail"             # fail | skip
 
     def __post_init__(self) -> None:
+        if self.verify not in VERIFY:
+            raise ValueError(f"verify must be one of {VERIFY}, got {self.verify!r}")
+        if self.on_damage not in ON_DAMAGE:
+            raise ValueError(f"on_damage must be one of {ON_DAMAGE}, got {self.on_damage!r}")
         if self.mode not in ("train", "exact"):
             raise ValueError(f"mode must be 'train' or 'exact', got {self.mode!r}")
         if (self.rank is None) != (self.world_size is None):
@@ -88,14 +103,15 @@ def _worker() -> tuple[int, int]:
     return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
-def _seed(*parts: object) -> int:
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big")
+def split_shards(url: str, split: str) -> list[ShardInfo]:
+    """The split's shards (name, records, SHA-256), sorted by name."""
+    return open_dataset(url).split_shards(split)
 
 
 def shard_urls(url: str, split: str) -> list[str]:
     """Reader URLs (local paths or `pipe:` commands) of the split's shards, sorted."""
     store = open_store(url)
-    return [store.reader_url(shard_object_key(n)) for n in _split_shard_names(store, split)]
+    return [store.reader_url(s.key) for s in split_shards(url, split)]
 
 
 def exact_assignment(n_shards: int, reader: int, readers: int) -> list[int]:
@@ -109,25 +125,52 @@ def exact_assignment(n_shards: int, reader: int, readers: int) -> list[int]:
 
 
 class _ShardSource:
-    """First pipeline stage: yields {"url": ...} for this reader, decided at iteration time
+    """First pipeline stage: yields this reader's shards (ShardInfo), decided at iteration time
     (DataLoader worker identity is only known inside the worker)."""
 
-    def __init__(self, urls: list[str], cfg: LoaderConfig, rank: int, world: int) -> None:
-        self.urls, self.cfg, self.rank, self.world = urls, cfg, rank, world
+    def __init__(self, shards: list[ShardInfo], cfg: LoaderConfig, rank: int, world: int) -> None:
+        self.shards, self.cfg, self.rank, self.world = shards, cfg, rank, world
 
     def reader(self) -> tuple[int, int]:
         wid, nworkers = _worker()
         return self.rank * nworkers + wid, self.world * nworkers
 
-    def __call__(self) -> Iterator[dict[str, str]]:
+    def __call__(self) -> Iterator[ShardInfo]:
         reader, readers = self.reader()
         if self.cfg.mode == "exact":
-            for i in exact_assignment(len(self.urls), reader, readers):
-                yield {"url": self.urls[i]}
+            for i in exact_assignment(len(self.shards), reader, readers):
+                yield self.shards[i]
             return
-        rng = random.Random(_seed("shards", self.cfg.seed, self.cfg.epoch, reader, readers))
+        rng = random.Random(stable_int("shards", self.cfg.seed, self.cfg.epoch, reader, readers))
         while True:   # resampled: with replacement, endless; the caller bounds the epoch
-            yield {"url": self.urls[rng.randrange(len(self.urls))]}
+            yield self.shards[rng.randrange(len(self.shards))]
+
+
+class _ReadShards:
+    """Second stage: verified records of each shard; damage handled by `cfg.on_damage`."""
+
+    def __init__(self, store_url: str, cfg: LoaderConfig, on_skip: SkipFn | None) -> None:
+        self.store_url, self.cfg, self.on_skip = store_url, cfg, on_skip
+
+    def __call__(self, shards: Iterator[ShardInfo]) -> Iterator[dict[str, Any]]:
+        store = open_store(self.store_url)
+        verify_shard = self.cfg.verify != "none"
+        verify_records = self.cfg.verify == "records"
+        skip = self.cfg.on_damage == "skip"
+        for info in shards:
+            try:
+                yield from read_shard(store, info, verify_shard=verify_shard,
+                                      verify_records=verify_records,
+                                      on_bad_record=self._skipped if skip else None)
+            except DatasetError as e:
+                if not skip:
+                    raise
+                self._skipped(e)
+
+    def _skipped(self, err: DatasetError) -> None:
+        log.warning("skipping damaged data (on_damage=skip): %s", err)
+        if self.on_skip is not None:
+            self.on_skip(err)
 
 
 class _Shuffle:
@@ -138,31 +181,26 @@ class _Shuffle:
         from webdataset.filters import _shuffle
 
         reader, readers = self.source.reader()
-        rng = random.Random(_seed("samples", self.cfg.seed, self.cfg.epoch, reader, readers))
+        rng = random.Random(stable_int("samples", self.cfg.seed, self.cfg.epoch, reader, readers))
         return _shuffle(samples, bufsize=self.bufsize, initial=min(100, self.bufsize), rng=rng)
 
 
-def _check_key(sample: dict[str, Any]) -> dict[str, Any]:
-    rec = decode_sample(sample)
-    if rec["key"] != sample.get("__key__"):
-        raise ValueError(f"sample key {sample.get('__key__')!r} != meta key {rec['key']!r} "
-                         f"in {sample.get('__url__')}")
-    return rec
+def record_dataset(cfg: LoaderConfig, on_skip: SkipFn | None = None):
+    """A `webdataset.DataPipeline` (a torch IterableDataset) of verified canonical record dicts.
 
-
-def record_dataset(cfg: LoaderConfig):
-    """A `webdataset.DataPipeline` (a torch IterableDataset) of canonical record dicts."""
+    `on_skip(error)` hears of each shard or record left out under on_damage="skip" (it runs in
+    the reading process: a DataLoader worker when there are workers)."""
     import webdataset as wds
 
     rank, world = (cfg.rank, cfg.world_size) if cfg.rank is not None else _node()
-    urls = shard_urls(cfg.url, cfg.split)
-    if cfg.mode == "exact" and len(urls) < world:
-        exact_assignment(len(urls), 0, world)   # raises the clear error now, not in a worker
-    source = _ShardSource(urls, cfg, rank, world)
-    stages: list[Callable[..., Any]] = [source, wds.tarfile_to_samples()]
+    dataset = open_dataset(cfg.url)
+    shards = dataset.split_shards(cfg.split)
+    if cfg.mode == "exact" and len(shards) < world:
+        exact_assignment(len(shards), 0, world)   # raises the clear error now, not in a worker
+    source = _ShardSource(shards, cfg, rank, world)
+    stages: list[Callable[..., Any]] = [source, _ReadShards(dataset.store.url, cfg, on_skip)]
     if cfg.buffer > 0:
         stages.append(_Shuffle(source, cfg.buffer, cfg))
-    stages.append(wds.map(_check_key))
     pipeline = wds.DataPipeline(*stages)
     if cfg.samples_per_reader is not None:
         pipeline = pipeline.with_epoch(cfg.samples_per_reader)
@@ -188,7 +226,7 @@ def record_loader(cfg: LoaderConfig, *, num_workers: int = 2, batch_size: int | 
 
     if cfg.mode == "exact":
         _, world = (cfg.rank, cfg.world_size) if cfg.rank is not None else _node()
-        exact_assignment(len(shard_urls(cfg.url, cfg.split)), 0,
+        exact_assignment(len(split_shards(cfg.url, cfg.split)), 0,
                          (world or 1) * max(1, num_workers))
     if collate_fn is None:
         # batch_size=None: keep each record's numpy arrays (torch would convert them).
@@ -203,32 +241,26 @@ def _identity(x: Any) -> Any:
 
 # ------------------------------------------------------------------------------- Ray Data
 
-def _ray_decode(sample: dict[str, Any]) -> dict[str, Any]:
-    rec = decode_sample(sample)
-    # meta varies by corpus (labels, flags): one JSON column keeps the Arrow schema fixed.
-    rec["meta"] = json.dumps(rec["meta"], sort_keys=True)
-    return rec
+def _ray_shard_records(row: dict[str, Any], store_url: str, verify: str) -> list[dict[str, Any]]:
+    info = ShardInfo(row["name"], row["split"], row["records"], row["nbytes"], row["sha256"])
+    out = []
+    for rec in read_shard(open_store(store_url), info, verify_shard=verify != "none",
+                          verify_records=verify == "records"):
+        # meta varies by corpus (labels, flags): one JSON column keeps the Arrow schema fixed.
+        rec["meta"] = json.dumps(rec["meta"], sort_keys=True)
+        out.append(rec)
+    return out
 
 
-def ray_dataset(url: str, split: str, **read_kwargs: Any):
-    """The split as a `ray.data.Dataset` via `ray.data.read_webdataset` (meta as JSON text)."""
+def ray_dataset(url: str, split: str, verify: str = "shards"):
+    """The split as a `ray.data.Dataset`, one block per shard, read through the same verified
+    shard reader as the loader (a damaged shard fails the read, naming it; meta as JSON)."""
     import ray.data
 
-    store = open_store(url)
-    names = _split_shard_names(store, split)
-    if isinstance(store, S3Store):
-        paths = [store.arrow_path(shard_object_key(n)) for n in names]
-        read_kwargs.setdefault("filesystem", store.arrow_filesystem())
-    else:
-        paths = [store.reader_url(shard_object_key(n)) for n in names]
-    return ray.data.read_webdataset(paths, decoder=_ray_decode, **read_kwargs)
-
-
-def _split_shard_names(store: ObjectStore, split: str) -> list[str]:
-    table = read_manifest(store).select(["split", "shard"])
-    splits = table.column("split").to_pylist()
-    names = sorted({s for sp, s in zip(splits, table.column("shard").to_pylist()) if sp == split})
-    if not names:
-        raise ValueError(f"split {split!r} has no records in {store.url} "
-                         f"(splits: {sorted(set(splits))})")
-    return names
+    if verify not in VERIFY:
+        raise ValueError(f"verify must be one of {VERIFY}, got {verify!r}")
+    dataset = open_dataset(url)
+    rows = [{"name": s.name, "split": s.split, "records": s.records, "nbytes": s.nbytes,
+             "sha256": s.sha256} for s in dataset.split_shards(split)]
+    return ray.data.from_items(rows, override_num_blocks=len(rows)).flat_map(
+        _ray_shard_records, fn_kwargs={"store_url": dataset.store.url, "verify": verify})

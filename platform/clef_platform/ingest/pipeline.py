@@ -33,10 +33,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from clef_platform.layout import dataset as mf
+from clef_platform.digests import sha256_file
 from clef_platform.ingest.record import CanonicalRecord, Quarantined, RecordRef
-from clef_platform.layout.shards import FORMAT_VERSION, ShardTarWriter, encode_record, record_key
 from clef_platform.ingest.splits import SplitRatios, assign_split
+from clef_platform.layout import dataset as mf
+from clef_platform.layout.dataset import DestinationConflict, ShardInfo, shard_key, shard_name  # noqa: F401 (re-exported)
+from clef_platform.layout.shards import FORMAT_VERSION, ShardTarWriter, encode_record, record_key
 from clef_platform.storage import ObjectStore, open_store
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clef_platform.layout.errors import DatasetError, RecordError, ShardError  # noqa: F401
+from clef_platform.layout.errors import DatasetError, RecordError, ShardError  # noqa: F401 (re-exported)
 from clef_platform.layout.shards import dumps_json
 from clef_platform.storage import ObjectStore, open_store
 

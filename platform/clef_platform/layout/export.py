@@ -31,7 +31,7 @@ from typing import Any
 
 from clef_platform.digests import sha256_bytes, sha256_file, stable_hash
 from clef_platform.layout.errors import ExportError
-from clef_platform.storage import ObjectStore, open_store
+from clef_platform.storage import open_store
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -289,12 +289,15 @@ def check_record(rec: dict[str, Any], digital: np.ndarray, shard: str) -> None:
 
 
 def read_shard(store: "ObjectStore", info: "ShardInfo", *, verify_shard: bool = True,
-               verify_records: bool = False) -> Iterator[dict[str, Any]]:
+               verify_records: bool = False,
+               on_bad_record: "Callable[[RecordError], None] | None" = None,
+               ) -> Iterator[dict[str, Any]]:
     """Canonical record dicts of one shard in stored order, verified as asked.
 
     verify_shard: size and SHA-256 of the whole shard before any record is yielded, and its
     record count at the end. verify_records: each record's signal SHA-256 (costs one hash of
-    the signal per record)."""
+    the signal per record). A bad record raises RecordError, or, with `on_bad_record`, is
+    reported to it and left out (the count check then allows for it)."""
     f = fetch_verified(store, info) if verify_shard else store.open(info.key)
     n = 0
     try:
@@ -306,9 +309,15 @@ def read_shard(store: "ObjectStore", info: "ShardInfo", *, verify_shard: bool = 
                     from None
             if rec["key"] != raw["__key__"]:
                 raise RecordError(info.name, raw["__key__"], f"meta names key {rec['key']!r}")
-            if verify_records:
-                check_record(rec, digital, info.name)
             n += 1
+            if verify_records:
+                try:
+                    check_record(rec, digital, info.name)
+                except RecordError as e:
+                    if on_bad_record is None:
+                        raise
+                    on_bad_record(e)
+                    continue
             yield rec
     finally:
         f.close()

@@ -72,6 +72,13 @@ class DataConfig:
                                  "step, on the GPU when there is one) or 'loader' (in DataLoader "
                                  "worker processes)", choices=["device", "loader"])
     view_length: int = _f(5000, "samples per view (500 Hz; CLEF uses 5000 = 10 s)")
+    verify: str = _f("shards", "what reads check: 'shards' (each shard's size, SHA-256 and record "
+                               "count against the dataset's index, ~one hash pass over the data), "
+                               "'records' (also each record's signal SHA-256), 'none'",
+                     choices=["none", "shards", "records"])
+    on_damage: str = _f("fail", "a shard or record that fails its check: 'fail' stops the run "
+                                "naming it; 'skip' leaves it out, logs and counts it",
+                        choices=["fail", "skip"])
     order: str = _f("stream", "'stream': each rank streams its own resampled shards (training); "
                               "'global': every rank reads one deterministic record order and takes "
                               "its slice of each global batch (debugging / equivalence checks)",

@@ -70,14 +70,11 @@ class RiskTable:
 
 def read_split_manifest(data_url: str, split: str):
     """The manifest rows of one split (pandas), sorted by key."""
-    from clef_platform.layout.dataset import read_manifest
-    from clef_platform.storage import open_store
+    from clef_platform.layout.dataset import open_dataset
 
-    df = read_manifest(open_store(data_url)).to_pandas()
-    df = df[df["split"] == split].sort_values("key").reset_index(drop=True)
-    if df.empty:
-        raise ValueError(f"split {split!r} has no records in {data_url}")
-    return df
+    dataset = open_dataset(data_url)
+    dataset.split_shards(split)          # a split with no records: an error naming the splits
+    return dataset.frame(split)
 
 
 def fetch_risk_table(data_url: str, split: str, features: str, client=None) -> RiskTable:
@@ -163,20 +160,30 @@ class _Batches(torch.utils.data.IterableDataset):
         from clef_platform.loader import LoaderConfig, record_dataset
 
         c = self.cfg
+        checks = dict(verify=c.data.verify, on_damage=c.data.on_damage)
         if c.data.order == "global":
             # Every rank, one reader: the whole split in shard/key order, again and again.
             lc = LoaderConfig(url=c.data.data, split=c.data.split, mode="exact", shuffle_buffer=0,
-                              rank=0, world_size=1)
+                              rank=0, world_size=1, **checks)
             while True:
-                yield from record_dataset(lc)
+                yield from record_dataset(lc, on_skip=self._damaged.append)
         lc = LoaderConfig(url=c.data.data, split=c.data.split, mode="train",
                           shuffle_buffer=c.data.shuffle_buffer,
                           # the epoch of the shard sampler moves on after a restart, so a resumed
                           # run does not replay the records it already saw
-                          seed=c.seed, epoch=self.start_micro, rank=self.rank, world_size=self.world)
-        yield from record_dataset(lc)
+                          seed=c.seed, epoch=self.start_micro, rank=self.rank, world_size=self.world,
+                          **checks)
+        yield from record_dataset(lc, on_skip=self._damaged.append)
+
+    def _with_damage(self, batch: dict) -> dict:
+        """Hand the damage skipped since the last batch to the training loop (which counts it:
+        this runs in a DataLoader worker process)."""
+        batch["damaged"] = [str(e) for e in self._damaged]
+        self._damaged.clear()
+        return batch
 
     def __iter__(self):
+        self._damaged: list = []
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         c = self.cfg
@@ -194,12 +201,13 @@ class _Batches(torch.utils.data.IterableDataset):
                 buf.append(rec)
                 if len(buf) == gb:
                     if g >= self.start_micro:
-                        yield collate(buf[self.rank * b:(self.rank + 1) * b], g, **kw)
+                        yield self._with_damage(
+                            collate(buf[self.rank * b:(self.rank + 1) * b], g, **kw))
                     buf, g = [], g + 1
             return
         while True:
             recs = [next(it) for _ in range(b)]
-            yield collate(recs, micro, **kw)
+            yield self._with_damage(collate(recs, micro, **kw))
             micro += nw
 
 

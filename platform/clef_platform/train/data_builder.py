@@ -3,15 +3,19 @@
 `build_data(cfg, rank, world, start_step)` gives an iterator of micro-batches starting at the
 first micro-batch of `start_step` (a resumed run continues where it stopped), and `inputs`
 turns a batch into (v1, v2, risk, missing) on the device: views come from the DataLoader
-workers (`views_on="loader"`) or are made here, batched, on the training device.
+workers (`views_on="loader"`) or are made here, batched, on the training device. Shards or
+records the loader skipped as damaged (`data.on_damage=skip`) are logged and counted here.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from clef_model.views import ViewConfig, make_views
+
+log = logging.getLogger("clef_platform.train")
 
 
 @dataclass
@@ -19,6 +23,7 @@ class DataBuilderConfig:
     pretrain: Any                 # the run's PretrainConfig (data section, batch, accum, seed)
     steps_per_epoch: int = 1
     risk_table: Any = None        # a RiskTable or the ObjectRef the driver put it under
+    trace_dir: str | None = None  # test hook: damaged-data events
 
 
 class Data:
@@ -26,6 +31,8 @@ class Data:
         from clef_platform.train import data as D
 
         p = cfg.pretrain
+        self.rank, self.trace_dir, self.step = rank, cfg.trace_dir, start_step
+        self.damaged = 0          # shards/records skipped by the loader (data.on_damage=skip)
         self.vcfg = ViewConfig(length=p.data.view_length, seed=p.seed)
         table = D.resolve_risk_table(cfg.risk_table)
         self._it = D.make_batches(p, rank, world, table, self.vcfg,
@@ -36,7 +43,16 @@ class Data:
         return self
 
     def __next__(self) -> dict:
-        return next(self._it)
+        batch = next(self._it)
+        for what in batch.get("damaged", ()):
+            self.damaged += 1
+            log.warning("rank %d: %s (skipped; %d so far)", self.rank, what, self.damaged)
+            if self.trace_dir:
+                from clef_platform.train.data import trace_event
+
+                trace_event(self.trace_dir, self.rank, {"event": "damaged", "what": what,
+                                                        "micro": batch.get("micro")})
+        return batch
 
     def inputs(self, batch: dict, device):
         if "v1" in batch:   # views made in the DataLoader workers

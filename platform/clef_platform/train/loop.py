@@ -78,7 +78,8 @@ def train_loop(loop_config: dict) -> None:
 
     # ---- data, metrics ---------------------------------------------------------------------
     data = build_data(DataBuilderConfig(cfg, loop_config.get("steps_per_epoch", 1),
-                                        loop_config.get("risk_table")), rank, world, step)
+                                        loop_config.get("risk_table"), trace_dir),
+                      rank, world, step)
     sink = build_metrics_sink(MetricsSinkConfig(port=cfg.metrics.port,
                                                 log_every=cfg.metrics.log_every,
                                                 total_steps=cfg.steps,
@@ -125,6 +126,7 @@ def train_loop(loop_config: dict) -> None:
         loss_val = loss_sum / accum
         report = sink.step(step=step, loss=loss_val, lr=engine.lr(), grad_norm=grad_norm,
                            step_s=time.perf_counter() - t0, wait_s=wait, device=device)
+        report["damaged_skipped"] = data.damaged
 
         # ---- checkpoint + export ------------------------------------------------------------
         if ckpt.due(step):
