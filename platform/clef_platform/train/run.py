@@ -122,6 +122,48 @@ def find_checkpoints_in(storage: str, run_name: str) -> list[tuple[int, str]]:
     return sorted(out)
 
 
+def drop_missing_checkpoints(storage: str, run_name: str) -> list[str]:
+    """Before a --resume: remove from Ray's run snapshot the checkpoints whose folder is gone
+    (Ray's controller refuses to start on such a snapshot), so the run falls back to the
+    newest one left. Returns the dropped folder names."""
+    import pyarrow.fs as pafs
+
+    fs, root = _fs_and_path(storage)
+    path = posixpath.join(root, run_name, "checkpoint_manager_snapshot.json")
+    try:
+        with fs.open_input_stream(path) as f:
+            snap = json.loads(f.read())
+        results, indices = snap["checkpoint_results"], snap["checkpoint_report_indices"]
+    except (FileNotFoundError, OSError, ValueError, KeyError, TypeError):
+        return []
+
+    def exists(name: str) -> bool:
+        info = fs.get_file_info(posixpath.join(root, run_name, name))
+        return info.type == pafs.FileType.Directory
+
+    kept = [(r, i) for r, i in zip(results, indices) if exists(r["checkpoint_dir_name"])]
+    dropped = [r["checkpoint_dir_name"] for r in results if not exists(r["checkpoint_dir_name"])]
+    latest = snap.get("latest_checkpoint_result") or {}
+    if latest.get("checkpoint_dir_name") and not exists(latest["checkpoint_dir_name"]):
+        dropped.append(latest["checkpoint_dir_name"])
+        latest = max(kept, key=lambda ri: ri[1])[0] if kept else None
+    if not dropped:
+        return []
+    for name in sorted(set(dropped)):
+        log.warning("checkpoint %s of run %s is gone; resuming from an older one", name,
+                    run_name)
+    if latest is None:
+        fs.delete_file(path)   # nothing left: Ray starts the run's bookkeeping afresh
+        return dropped
+    snap.update(checkpoint_results=[r for r, _ in kept],
+                checkpoint_report_indices=[i for _, i in kept], latest_checkpoint_result=latest)
+    tmp = path + ".tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(json.dumps(snap).encode())
+    fs.move(tmp, path)
+    return dropped
+
+
 def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | None = None,
                     trace_steps: int = 0, progress_interval: float = 10.0,
                     raise_on_error: bool = True, loop_hooks: dict | None = None) -> RunResult:
@@ -142,6 +184,8 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
     run_dir = f"{cfg.checkpoint.storage.rstrip('/')}/{cfg.checkpoint.run_name}"
 
     # ---- the run folder: resume or refuse to overwrite -------------------------------------
+    if cfg.checkpoint.resume:
+        drop_missing_checkpoints(cfg.checkpoint.storage, cfg.checkpoint.run_name)
     existing = find_checkpoints(cfg)
     exports = list_exports(run_url(cfg.checkpoint.storage, cfg.checkpoint.run_name))
     if (existing or exports) and not cfg.checkpoint.resume:
