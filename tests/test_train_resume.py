@@ -68,10 +68,10 @@ def test_planted_newest_checkpoint_is_skipped_and_resume_matches(ludb_train_data
     files = [str(p.relative_to(newest)) for p in sorted(newest.rglob("*.pt"))]
     kinds = {kind(f) for f in files}
     want = {"ddp": {"clef_ddp_state.pt", "clef_state_rankN.pt"},
-            "zero3": {"clef_state_rankN.pt", "step_N/zero_pp_rank_N_mp_rank_NN_model_states.pt",
-                      "step_N/zero_pp_rank_N_mp_rank_NN_optim_states.pt"}}.get(
-        name, {"clef_state_rankN.pt", "step_N/mp_rank_NN_model_states.pt",
-               "step_N/zero_pp_rank_N_mp_rank_NN_optim_states.pt"})
+            "zero3": {"clef_state_rankN.pt", "step_N/zero_pp_rank_N_mp_rank_N_model_states.pt",
+                      "step_N/zero_pp_rank_N_mp_rank_N_optim_states.pt"}}.get(
+        name, {"clef_state_rankN.pt", "step_N/mp_rank_N_model_states.pt",
+               "step_N/zero_pp_rank_N_mp_rank_N_optim_states.pt"})
     assert kinds == want, kinds
     for rel in files:
         original = (newest / rel).read_bytes()
