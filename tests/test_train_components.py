@@ -4,7 +4,6 @@ checkpointer's fallback to an older checkpoint. Single process (world size 1, gl
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from pathlib import Path

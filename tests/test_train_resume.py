@@ -12,9 +12,7 @@ run (the default `stream` order deliberately moves the shard sampler on after a 
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
