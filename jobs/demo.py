@@ -128,8 +128,10 @@ def print_figures(out: Path, train_data: Path, run_url: Path, training: dict,
           f"{dataset.digest[:16]}")
     print("NOTE: the demo corpus pairs LUDB signals with MIMIC-IV demo patients ARTIFICIALLY "
           "(plumbing, not science).")
-    exports = sorted((run_url / "exports").glob("step_*"))
-    print(f"exports: {[e.name for e in exports]}")
+    from clef_platform.layout.export import list_exports
+
+    exports = list_exports(str(run_url))   # committed exports only (those with a marker)
+    print(f"exports: {[f'step_{s}' for s in exports]}")
     print(f"training: step {training['step']}, final loss {training['loss']:.4f}, "
           f"{training['seconds']:.0f} s, checkpoint {training['checkpoint']}")
     table = pd.read_parquet(run_url / "eval" / "results.parquet")

@@ -8,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from clef_platform.local_pretrain import LocalPretrainConfig, pretrain
+from clef_platform.train.local import LocalPretrainConfig, pretrain
 
 
 def positive_int(text: str) -> int:

@@ -7,7 +7,8 @@ import torch
 
 from clef_model import load_encoder
 from clef_model.risk import score2_with_missing
-from clef_platform.local_pretrain import LocalPretrainConfig, load_corpus, pretrain
+from clef_platform.layout import checkpoint as CK
+from clef_platform.train.local import LocalPretrainConfig, load_corpus, pretrain
 
 LUDB = Path(__file__).resolve().parents[1] / "data" / "ludb"
 
@@ -27,8 +28,10 @@ def test_pretrain_writes_a_loadable_checkpoint_and_export(tmp_path):
     cfg = LocalPretrainConfig(source=LUDB, out_dir=tmp_path, steps=3, batch_size=4, log_every=1)
     summary = pretrain(cfg)
     assert summary["steps"] == 3 and np.isfinite(summary["last_loss"])
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert state["step"] == 3 and "optimizer" in state
+    # the distributed job's checkpoint format: verified digest list, plain state
+    assert CK.verify(tmp_path / "checkpoint")["step"] == 3
+    state = torch.load(tmp_path / "checkpoint" / CK.DDP_STATE, weights_only=True)
+    assert state["step"] == 3 and "optimizer" in state and "scheduler" in state
     encoder = load_encoder(tmp_path / "export")
     for name, tensor in encoder.state_dict().items():
-        assert torch.equal(tensor, state["model"][name]), name
+        assert torch.equal(tensor, state["model"][f"encoder.{name}"]), name

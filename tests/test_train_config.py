@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from clef_platform.train.config import PRESETS, PretrainConfig, parser
-from clef_platform.train.loop import deepspeed_config, lr_lambda
+from clef_platform.train.engine import EngineConfig, deepspeed_config
+from clef_platform.train.schedule import warmup_cosine as lr_lambda
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = ["--data", "d", "--features", "f"]
@@ -88,7 +89,7 @@ def test_schedule_warmup_then_cosine():
 
 def test_deepspeed_config_uses_torch_optimizer_and_precision():
     cfg = PretrainConfig.from_args([*BASE, "--zero-stage", "2", "--optim.grad_accum", "3"])
-    ds = deepspeed_config(cfg, cfg.bf16)
+    ds = deepspeed_config(EngineConfig.from_pretrain(cfg))
     assert ds["zero_optimization"]["stage"] == 2 and ds["gradient_accumulation_steps"] == 3
     assert ds["bf16"]["enabled"] is False and "optimizer" not in ds   # torch AdamW passed in
     assert ds["gradient_clipping"] == cfg.optim.grad_clip

@@ -71,7 +71,7 @@ class Scraper(threading.Thread):
 def test_two_workers_deepspeed_clef_small(ludb_train_data, tmp_path):
     """2 workers, ZeRO-2 over gloo: loss finite and falling, params in sync, risk from the
     feature store reaches the loss, Prometheus shows samples/s and loss moving, exports load."""
-    from clef_model import load_encoder
+    from clef_platform.layout.export import load_export
     from clef_platform.features.client import RiskClient
     from clef_platform.layout.dataset import read_manifest
     from clef_platform.storage import open_store
@@ -144,7 +144,7 @@ def test_two_workers_deepspeed_clef_small(ludb_train_data, tmp_path):
                        torch.tensor([1]), ViewConfig())
     embs = []
     for step, url in result.exports.items():
-        enc = load_encoder(url)
+        enc = load_export(url)
         with torch.no_grad():
             z = enc(v1)
         assert z.shape == (1, 256) and torch.isfinite(z).all()
@@ -155,7 +155,7 @@ def test_two_workers_deepspeed_clef_small(ludb_train_data, tmp_path):
 def test_global_batch_is_global(ludb_train_data, tmp_path):
     """Same records (deterministic global order, views seeded per record): 2 workers x 8 give the
     first-step loss and update of 1 worker x 16."""
-    from clef_model import load_encoder
+    from clef_platform.layout.export import load_export
     from clef_platform.train.run import run_pretraining
 
     runs = {}
@@ -174,7 +174,7 @@ def test_global_batch_is_global(ludb_train_data, tmp_path):
     assert keys1 == keys2 and len(keys1) == 16
     assert t2[0]["loss"] == pytest.approx(t1[0]["loss"], rel=1e-5, abs=1e-6)
     assert r2.metrics["grad_norm"] == pytest.approx(r1.metrics["grad_norm"], rel=1e-4)
-    e1, e2 = load_encoder(r1.exports[1]), load_encoder(r2.exports[1])
+    e1, e2 = load_export(r1.exports[1]), load_export(r2.exports[1])
     torch.manual_seed(0)   # the loop seeds with --seed (0) before building the encoder
     init = __import__("clef_model").build_encoder("small")
     # AdamW's first update is lr * g / (|g| + eps), i.e. +-lr (1e-3) almost everywhere: equal

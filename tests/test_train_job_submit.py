@@ -75,8 +75,8 @@ def head_node():
 
 
 def test_ray_job_submit_succeeds_with_checkpoint_and_export(ludb_train_data, head_node, tmp_path):
-    from clef_model import load_encoder
-    from clef_platform.train.export import list_exports
+    from clef_platform.layout.export import load_export
+    from clef_platform.layout.export import list_exports, run_url
 
     storage = tmp_path / "runs"
     sub_id = f"clef-pretrain-{os.getpid()}"
@@ -100,9 +100,9 @@ def test_ray_job_submit_succeeds_with_checkpoint_and_export(ludb_train_data, hea
 
     run = storage / "submitted"
     assert any(p.name.startswith("checkpoint_") for p in run.iterdir())
-    exports = list_exports(str(storage), "submitted")
+    exports = list_exports(run_url(str(storage), "submitted"))
     assert list(exports) == [3]
-    enc = load_encoder(exports[3])
+    enc = load_export(exports[3])
     with torch.no_grad():
         z = enc(torch.randn(2, 1, 5000))
     assert z.shape == (2, 256) and torch.isfinite(z).all()

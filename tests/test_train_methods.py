@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
     ("moco", ["--zero-stage", "1", "--data.views_on", "loader", "--moco-queue", "64"]),
 ])
 def test_method_trains_and_exports(ludb_train_data, tmp_path, method, extra):
-    from clef_model import load_encoder
+    from clef_platform.layout.export import load_export
     from clef_platform.train.run import run_pretraining
 
     cfg = PretrainConfig.from_args([
@@ -29,4 +29,4 @@ def test_method_trains_and_exports(ludb_train_data, tmp_path, method, extra):
     assert res.error is None and res.metrics["step"] == 3
     assert math.isfinite(res.metrics["loss"])
     assert sorted(res.exports) == [2, 3]
-    assert load_encoder(res.exports[3]).embedding_dim == 256
+    assert load_export(res.exports[3]).embedding_dim == 256

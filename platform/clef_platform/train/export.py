@@ -1,57 +1,54 @@
-"""Encoder exports: `<storage>/<run-name>/exports/step_<N>/` that evaluators read (no DeepSpeed).
+"""Encoder exports written by training, through the one export writer
+(`clef_platform.layout.export.write_export`: attempt folder + typed `_COMPLETE` marker with
+lineage and file digests; an export, once committed, never changes).
 
-Local storage: `clef_model.save_encoder` writes a temporary sibling folder and renames it into
-place, so a reader sees no export or a whole one. S3 has no rename: the files are uploaded
-under the final prefix first and a `_COMPLETE` marker object is written last; readers list
-only exports that have their marker (`list_exports`). Local exports get the marker too, so
-readers use one rule for both.
+`training_lineage(cfg)` runs once on the driver; the loop passes its result to `export_encoder`.
+List a run's exports with `clef_platform.layout.export.list_exports(run_url)`.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import os
 import tempfile
 from pathlib import Path
 
 from clef_model import save_encoder
-from clef_platform.storage import LocalStore, open_store
+from clef_platform.digests import stable_hash
+from clef_platform.layout.export import TrainingData, write_export
 
-MARKER = "_COMPLETE"
-_STEP_RE = re.compile(r"^exports/step_(\d+)/" + MARKER + "$")
-
-
-def export_key(run_name: str, step: int) -> str:
-    return f"{run_name}/exports/step_{step:d}"
+RECIPE = "platform"   # until a recipe option exists
 
 
-def export_encoder(module, storage: str, run_name: str, step: int, extra: dict | None = None) -> str:
-    """Write the encoder of `module` (a Net1D, possibly wrapped) for `step`; returns its URL."""
-    store = open_store(storage)
-    prefix = export_key(run_name, step)
-    info = json.dumps({"step": step, "run_name": run_name, **(extra or {})}, sort_keys=True)
-    if isinstance(store, LocalStore):
-        dest = store.root / prefix
-        # save_encoder writes a temp sibling and renames it into place (atomic); then the marker.
-        save_encoder(module, dest, overwrite=True)
-        store.put_bytes(f"{prefix}/{MARKER}", info.encode())
-        return str(dest)
+def dataset_url(url: str) -> str:
+    """The dataset URL as given, local paths made absolute (the marker must name it anywhere)."""
+    if "://" in url and not url.startswith("file://"):
+        return url
+    path = url[len("file://"):] if url.startswith("file://") else url
+    return os.path.abspath(path)
+
+
+def training_lineage(cfg) -> list[dict]:
+    """[TrainingData as a dict] of what `cfg` trains on: URL, split, dataset digest, records."""
+    from dataclasses import asdict
+
+    from clef_platform.layout.dataset import open_dataset
+
+    ds = open_dataset(cfg.data.data)
+    return [asdict(TrainingData(url=dataset_url(cfg.data.data), split=cfg.data.split,
+                                dataset_digest=ds.digest, records=int(ds.records(cfg.data.split)),
+                                weight=1.0))]
+
+
+def marker_fields(cfg, lineage: list[dict]) -> dict:
+    """The marker's lineage fields for a run of `cfg` (the loss is added per export)."""
+    return {"method": cfg.method, "scale": cfg.scale, "recipe": RECIPE,
+            "config_digest": stable_hash(cfg.to_dict()),
+            "training_data": tuple(TrainingData(**t) for t in lineage)}
+
+
+def export_encoder(module, storage: str, run_name: str, step: int, **marker) -> tuple[str, bool]:
+    """Export the encoder of `module` for `step`; (export URL, created). A step that already has
+    an export (a replayed step) keeps it unchanged: created is False."""
     with tempfile.TemporaryDirectory(prefix="clef-export-") as tmp:
         local = save_encoder(module, Path(tmp) / "export")
-        for f in sorted(local.iterdir()):
-            store.put_file(f"{prefix}/{f.name}", f)
-    store.put_bytes(f"{prefix}/{MARKER}", info.encode())  # last: commits the export
-    return store.full_url(prefix)
-
-
-def list_exports(storage: str, run_name: str) -> dict[int, str]:
-    """{step: URL} of the complete exports of a run."""
-    store = open_store(storage)
-    out = {}
-    for key in store.list(f"{run_name}/exports/"):
-        m = _STEP_RE.match(key[len(run_name) + 1:])
-        if m:
-            step = int(m.group(1))
-            out[step] = (str(store.root / export_key(run_name, step)) if isinstance(store, LocalStore)
-                         else store.full_url(export_key(run_name, step)))
-    return dict(sorted(out.items()))
+        return write_export(local, storage, run_name, step, **marker)

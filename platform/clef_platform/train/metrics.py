@@ -146,3 +146,68 @@ class ProgressLogger:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self._emit()
+
+
+# ---- the loop's metrics sink -------------------------------------------------------------------
+
+@dataclass
+class MetricsSinkConfig:
+    port: int = 0                 # Prometheus base port (0 = none)
+    log_every: int = 10
+    total_steps: int = 200
+    global_batch: int = 64        # records per micro-step over all ranks
+    grad_accum: int = 1
+
+
+class MetricsSink:
+    """One call per step: Prometheus gauges, rank 0's log line and progress board, and the
+    figures `ray.train.report` carries (throughput over the steps after the first)."""
+
+    def __init__(self, cfg: MetricsSinkConfig, rank: int, world: int, board=None):
+        self.cfg, self.rank, self.board = cfg, rank, board
+        self.gauges = TrainMetrics(rank, world)
+        self.gauges.serve(cfg.port)
+        self.t_start = time.time()
+        self.first_step_s = None      # the first step (compilation, allocator warm-up)
+        self.first_step_end = None    # wall clock at its end (time to first step)
+        self.steady_s, self.steady_n = 0.0, 0
+        self.last_ckpt: int | None = None
+
+    def step(self, *, step: int, loss: float, lr: float, grad_norm: float | None,
+             step_s: float, wait_s: float, device=None) -> dict:
+        c = self.cfg
+        if self.first_step_s is None:
+            self.first_step_s, self.first_step_end = step_s, time.time()
+        else:
+            self.steady_s, self.steady_n = self.steady_s + step_s, self.steady_n + 1
+        per_rank = c.global_batch // max(1, self.gauges.world)
+        self.gauges.update(step=step, loss=loss, lr=lr, grad_norm=grad_norm, step_s=step_s,
+                           wait_s=wait_s, samples=per_rank * c.grad_accum, device=device)
+        if self.rank == 0 and (step % c.log_every == 0 or step == c.total_steps or step == 1):
+            info = {"step": step, "steps": c.total_steps, "loss": loss, "lr": lr,
+                    "grad_norm": grad_norm, "step_s": step_s, "wait_frac": wait_s / step_s,
+                    "samples_per_s": c.global_batch * c.grad_accum / step_s,
+                    "last_ckpt": self.last_ckpt, "first_step_s": self.first_step_s}
+            log.info("step %d/%d loss %.4f lr %.2e grad_norm %s %.1f samples/s data-wait %.0f%%",
+                     step, c.total_steps, loss, lr, grad_norm, info["samples_per_s"],
+                     100 * wait_s / step_s)
+            if self.board is not None:
+                self.board.push.remote(info)
+        return {"step": step, "loss": loss, "lr": lr,
+                "grad_norm": grad_norm if grad_norm is not None else float("nan"),
+                "first_step_s": self.first_step_s, "first_step_end_unix": self.first_step_end,
+                "train_start_unix": self.t_start,
+                # global samples/s averaged over the steps after the first (lock-step ranks)
+                "samples_per_s": (c.global_batch * c.grad_accum * self.steady_n / self.steady_s
+                                  if self.steady_n else float("nan"))}
+
+    def checkpointed(self, step: int) -> None:
+        self.last_ckpt = step
+        self.gauges.checkpointed(step)
+
+    def close(self) -> None:
+        self.gauges.close()
+
+
+def build_metrics_sink(cfg: MetricsSinkConfig, rank: int, world: int, board=None) -> MetricsSink:
+    return MetricsSink(cfg, rank, world, board)

@@ -74,17 +74,29 @@ def _fs_and_path(storage: str):
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
+def checkpoint_filesystem(storage: str):
+    """The pyarrow filesystem Ray Train's checkpoints of `storage` live on."""
+    return _fs_and_path(storage)[0]
+
+
 def find_checkpoints(cfg: PretrainConfig) -> list[tuple[int, str]]:
+    return find_checkpoints_in(cfg.checkpoint.storage, cfg.checkpoint.run_name)
+
+
+def find_checkpoints_in(storage: str, run_name: str) -> list[tuple[int, str]]:
     """[(step, path)] of the run's registered Ray checkpoints, oldest first.
 
     Ray Train records the checkpoints it has registered in checkpoint_manager_snapshot.json; a
     checkpoint folder that is not in it (its report was lost with a dying worker, or its upload
-    was cut short) is ignored. Without a snapshot, folders with a clef_run.json count.
+    was cut short) is ignored. Without a snapshot, folders with a clef_run.json count. Listed
+    is not verified: the loop verifies a checkpoint's digests before it loads it.
     """
     import pyarrow.fs as pafs
 
-    fs, root = _fs_and_path(cfg.checkpoint.storage)
-    run = posixpath.join(root, cfg.checkpoint.run_name)
+    from clef_platform.layout.checkpoint import RUN_FILE
+
+    fs, root = _fs_and_path(storage)
+    run = posixpath.join(root, run_name)
     registered = None
     try:
         with fs.open_input_stream(posixpath.join(run, "checkpoint_manager_snapshot.json")) as f:
@@ -103,22 +115,66 @@ def find_checkpoints(cfg: PretrainConfig) -> list[tuple[int, str]]:
         if registered is not None and info.base_name not in registered:
             continue
         try:
-            with fs.open_input_stream(posixpath.join(info.path, "clef_run.json")) as f:
+            with fs.open_input_stream(posixpath.join(info.path, RUN_FILE)) as f:
                 out.append((int(json.loads(f.read())["step"]), info.path))
-        except (FileNotFoundError, OSError, KeyError, ValueError):
-            continue  # incomplete checkpoint
+        except (FileNotFoundError, OSError, KeyError, ValueError, TypeError):
+            continue  # incomplete or damaged checkpoint
     return sorted(out)
+
+
+def drop_missing_checkpoints(storage: str, run_name: str) -> list[str]:
+    """Before a --resume: remove from Ray's run snapshot the checkpoints whose folder is gone
+    (Ray's controller refuses to start on such a snapshot), so the run falls back to the
+    newest one left. Returns the dropped folder names."""
+    import pyarrow.fs as pafs
+
+    fs, root = _fs_and_path(storage)
+    path = posixpath.join(root, run_name, "checkpoint_manager_snapshot.json")
+    try:
+        with fs.open_input_stream(path) as f:
+            snap = json.loads(f.read())
+        results, indices = snap["checkpoint_results"], snap["checkpoint_report_indices"]
+    except (FileNotFoundError, OSError, ValueError, KeyError, TypeError):
+        return []
+
+    def exists(name: str) -> bool:
+        info = fs.get_file_info(posixpath.join(root, run_name, name))
+        return info.type == pafs.FileType.Directory
+
+    kept = [(r, i) for r, i in zip(results, indices) if exists(r["checkpoint_dir_name"])]
+    dropped = [r["checkpoint_dir_name"] for r in results if not exists(r["checkpoint_dir_name"])]
+    latest = snap.get("latest_checkpoint_result") or {}
+    if latest.get("checkpoint_dir_name") and not exists(latest["checkpoint_dir_name"]):
+        dropped.append(latest["checkpoint_dir_name"])
+        latest = max(kept, key=lambda ri: ri[1])[0] if kept else None
+    if not dropped:
+        return []
+    for name in sorted(set(dropped)):
+        log.warning("checkpoint %s of run %s is gone; resuming from an older one", name,
+                    run_name)
+    if latest is None:
+        fs.delete_file(path)   # nothing left: Ray starts the run's bookkeeping afresh
+        return dropped
+    snap.update(checkpoint_results=[r for r, _ in kept],
+                checkpoint_report_indices=[i for _, i in kept], latest_checkpoint_result=latest)
+    tmp = path + ".tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(json.dumps(snap).encode())
+    fs.move(tmp, path)
+    return dropped
 
 
 def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | None = None,
                     trace_steps: int = 0, progress_interval: float = 10.0,
-                    raise_on_error: bool = True) -> RunResult:
+                    raise_on_error: bool = True, loop_hooks: dict | None = None) -> RunResult:
+    """Train `cfg` on Ray; `loop_hooks` are test hooks passed to the loop config (see loop.py)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from clef_platform.layout.export import list_exports, run_url
     from clef_platform.train import data as D
-    from clef_platform.train.export import list_exports
+    from clef_platform.train.export import training_lineage
     from clef_platform.train.loop import train_loop
     from clef_platform.train.metrics import ProgressBoard, ProgressLogger
 
@@ -128,8 +184,10 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
     run_dir = f"{cfg.checkpoint.storage.rstrip('/')}/{cfg.checkpoint.run_name}"
 
     # ---- the run folder: resume or refuse to overwrite -------------------------------------
+    if cfg.checkpoint.resume:
+        drop_missing_checkpoints(cfg.checkpoint.storage, cfg.checkpoint.run_name)
     existing = find_checkpoints(cfg)
-    exports = list_exports(cfg.checkpoint.storage, cfg.checkpoint.run_name)
+    exports = list_exports(run_url(cfg.checkpoint.storage, cfg.checkpoint.run_name))
     if (existing or exports) and not cfg.checkpoint.resume:
         raise FileExistsError(
             f"run {run_dir} already has checkpoints (last step "
@@ -149,6 +207,8 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
                                cfg.data.features if cfg.method == "clef" or risk_client else "",
                                client=risk_client)
     spe = D.steps_per_epoch(len(manifest), cfg.global_batch * cfg.optim.grad_accum)
+    # What the exports' markers name as training data: computed once here, not per worker.
+    lineage = training_lineage(cfg)
 
     init_ray(cfg)
     table_ref = ray.put(table)
@@ -164,7 +224,8 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
         train_loop,
         train_loop_config={"cfg": cfg.to_dict(), "risk_table": table_ref, "steps_per_epoch": spe,
                            "progress_board": board, "trace_dir": trace_dir,
-                           "trace_steps": trace_steps, "resume_from": resume_from},
+                           "trace_steps": trace_steps, "resume_from": resume_from,
+                           "lineage": lineage, **(loop_hooks or {})},
         scaling_config=ScalingConfig(num_workers=cfg.cluster.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -191,7 +252,7 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
             pass
     out = RunResult(run_dir=run_dir, metrics=metrics,
                     checkpoint_path=ckpt.path if ckpt is not None else None,
-                    exports=list_exports(cfg.checkpoint.storage, cfg.checkpoint.run_name),
+                    exports=list_exports(run_url(cfg.checkpoint.storage, cfg.checkpoint.run_name)),
                     error=error, progress=progress.lines, seconds=time.monotonic() - t0)
     if metrics.get("first_step_end_unix"):
         out.metrics["time_to_first_step_s"] = metrics["first_step_end_unix"] - t0_unix
