@@ -3,10 +3,10 @@
 Pipeline: one block per shard -> `flat_map` reads a shard through the verified reader
 (`layout.shards.read_shard`: the shard's size and SHA-256 against the shard index before any
 record, its record count, and each record's signal SHA-256 unless `verify_records` is off) and
-cuts each record's evaluation view (lead, centre window, band-pass, z-score; `data.eval_views`),
-dropping records excluded for leakage -> `map_batches(_Embedder)` on an actor pool: each actor
-builds the encoder once (from a `ModelSpec`) and embeds batches of [B, 1, window] under
-`torch.inference_mode()`.
+crops each record's lead window, dropping records excluded for leakage ->
+`map_batches(_Embedder)` on an actor pool: each actor builds the encoder once (from a
+`ModelSpec`), makes the evaluation views of a batch (band-pass, z-score; `data.eval_views`) and
+embeds them as [B, 1, window] under `torch.inference_mode()`.
 
 A damaged shard fails the whole extraction with a `DatasetError` naming it: no embedding, so no
 result, is made from part of a dataset.
@@ -96,35 +96,32 @@ class Embeddings:
 
 def _shard_views(row: dict[str, Any], store_url: str, lead_index: int, window: int,
                  exclude_hashes: frozenset[str], verify_records: bool) -> list[dict[str, Any]]:
-    """flat_map: a shard (its index row) -> one row per kept record (ids, labels JSON, view)."""
-    import torch
-
+    """flat_map: a shard (its index row) -> one row per kept record (ids, labels JSON, the
+    cropped window). No torch here: Ray Data cancels the other read tasks when one fails (a
+    damaged shard), and a cancellation inside `import torch` leaves that worker unable to import
+    it again; the actors, which are discarded on failure, do the band-pass."""
     from clef_platform.layout.shards import read_shard
 
-    torch.set_num_threads(1)    # the FFT band-pass is ~20x slower oversubscribed on small hosts
     info = ShardInfo(**row)
-    out, windows = [], []
+    out = []
     try:
         for rec in read_shard(open_store(store_url), info, verify_shard=True,
                               verify_records=verify_records):
             if rec["meta"].get("sha256") in exclude_hashes:
                 continue
             out.append({"key": rec["key"], "meta_json": meta_json(rec),
-                        "lead_present": bool(rec["lead_mask"][lead_index])})
-            windows.append(crop_window(rec["signal"][lead_index], window))
+                        "lead_present": bool(rec["lead_mask"][lead_index]),
+                        "x": crop_window(rec["signal"][lead_index], window)})
     except DatasetError as e:
         # ShardError / RecordError take two arguments and do not survive pickling (Ray ships
         # the error to the driver): the same one-line message as a plain DatasetError.
         raise DatasetError(f"{store_url}: {e}") from None
-    if out:
-        views = eval_views(np.stack(windows))      # one batched band-pass per shard
-        for r, v in zip(out, views):
-            r["x"] = v
     return out
 
 
 class _Embedder:
-    """Actor: holds one encoder; embeds batches of views."""
+    """Actor: holds one encoder; turns batches of cropped windows into evaluation views
+    (band-pass + z-score, batched) and embeds them."""
 
     def __init__(self, spec: ModelSpec, threads: int = 1):
         import torch
@@ -134,7 +131,8 @@ class _Embedder:
         self.torch = torch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = self.torch.from_numpy(np.ascontiguousarray(np.stack(batch["x"]), dtype=np.float32))
+        views = eval_views(np.stack(batch["x"]))
+        x = self.torch.from_numpy(np.ascontiguousarray(views, dtype=np.float32))
         with self.torch.inference_mode():
             z = self.model(x.unsqueeze(1)).float().numpy()
         return {"key": batch["key"], "meta_json": batch["meta_json"],
@@ -149,15 +147,12 @@ def default_actors() -> int:
 
 
 def dataset_error(e: BaseException) -> DatasetError | None:
-    """The DatasetError a Ray Data failure carries (Ray wraps what a task raised), if any."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, DatasetError):
-            cause = getattr(e, "cause", None)     # RayTaskError(DatasetError): the original
-            return cause if isinstance(cause, DatasetError) else DatasetError(str(e.args[0])
-                                                                             if e.args else e)
-        e = getattr(e, "cause", None) or e.__cause__
+    """The DatasetError a Ray Data failure carries (RayTaskError(DatasetError) holds the
+    original as `cause`), as one line; None for any other failure."""
+    cause = getattr(e, "cause", None)
+    if isinstance(e, DatasetError) and isinstance(cause, DatasetError):
+        # Ray appends its retry advice to the message: keep our line only.
+        return DatasetError(str(cause.args[0] if cause.args else cause).split("\n")[0])
     return None
 
 
@@ -191,6 +186,9 @@ def extract(dataset: Dataset, spec: ModelSpec, lead_index: int, window: int,
                                                           "threads": threads_per_actor},
                         compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size,
                         num_cpus=threads_per_actor * 0.75, batch_format="numpy")
+    # Raise what a task raised (RayTaskError(DatasetError)), not Ray Data's UserCodeException
+    # wrapper, so a damaged shard reaches the caller as the DatasetError naming it.
+    ds.context.raise_original_map_exception = True
     try:
         rows = ds.take_all()
     except Exception as e:
