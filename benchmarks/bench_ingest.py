@@ -50,7 +50,7 @@ def bench_dtypes(records: list[Path], n: int = 200) -> None:
 
     from clef_platform.ingest.adapters import get_adapter
     from clef_platform.ingest.canonical import process_record
-    from clef_platform.ingest.shards import decode_sample, encode_record
+    from clef_platform.layout.shards import decode_sample, encode_record
 
     refs = list(get_adapter("ludb").list_records(ludb_source()))[:n]
     recs = [process_record(r) for r in refs]

@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
                    help="MIMIC-IV hosp folder (patients, admissions, omr, labevents, "
                         "diagnoses_icd); optional")
     p.add_argument("--manifest", type=str, default=None,
-                   help="ingest manifest Parquet (path, file:// or s3:// URL)")
+                   help="an ingested dataset whose records get risk: its folder or URL (path, "
+                        "file:// or s3://), or its manifest.parquet")
     p.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite")
     p.add_argument("--redis-connection", default=None,
                    help="host:port (default: $CLEF_REDIS_CONNECTION)")

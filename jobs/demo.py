@@ -118,12 +118,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def print_figures(out: Path, train_data: Path, run_url: Path, training: dict,
                   timings: dict[str, float]) -> None:
-    manifest = pd.read_parquet(train_data / "manifest.parquet")
-    quarantine_path = train_data / "quarantine.parquet"
-    quarantined = len(pd.read_parquet(quarantine_path)) if quarantine_path.exists() else 0
+    from clef_platform.layout.dataset import open_dataset, read_quarantine
+
+    dataset = open_dataset(str(train_data))
+    manifest = dataset.frame()
+    quarantined = read_quarantine(dataset.store).num_rows
     print("\n================ clef-platform demo: figures ================")
     print(f"demo corpus: {len(manifest)} records stored, {quarantined} quarantined; "
-          f"splits {manifest['split'].value_counts().to_dict()}")
+          f"splits {manifest['split'].value_counts().to_dict()}; dataset digest "
+          f"{dataset.digest[:16]}")
     print("NOTE: the demo corpus pairs LUDB signals with MIMIC-IV demo patients ARTIFICIALLY "
           "(plumbing, not science).")
     exports = sorted((run_url / "exports").glob("step_*"))

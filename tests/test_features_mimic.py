@@ -180,14 +180,15 @@ def demo_client(tmp_path_factory, demo_keys):
         "corpus": "mimic-iv-ecg", "ecg_time": pd.to_datetime(ecgs["ecg_time"]).dt.strftime(
             "%Y-%m-%dT%H:%M:%S"),
         "age": pd.Series([np.nan] * len(ecgs), dtype=float), "sex": None, "split": "train"})
-    manifest.to_parquet(tmp / "manifest.parquet")
+    # MIMIC-IV-ECG's record list has no waveforms here: its rows go in as a table, not as a
+    # dataset (an ingested dataset is read through the layout, shards and digests included).
     result = build_feature_store(tmp / "repo", FeatureStoreConfig(), mimic_hosp=HOSP,
-                                 manifest_url=str(tmp / "manifest.parquet"))
-    return RiskClient(result.repo), result
+                                 manifest=manifest)
+    return RiskClient(result.repo), result, manifest
 
 
 def test_demo_risk_matches_hand_computation(demo_client, demo_keys):
-    client, result = demo_client
+    client, result, _ = demo_client
     ttl_days = {k: v / 86400 for k, v in client.ttl_seconds.items()}
     got = client.lookup([(f"mimic-iv-ecg/{s}", t) for s, t in demo_keys])
     n_complete = 0
@@ -205,7 +206,7 @@ def test_demo_risk_matches_hand_computation(demo_client, demo_keys):
 
 
 def test_build_summary(demo_client):
-    _, result = demo_client
+    _, result, _ = demo_client
     s = result.summary
     assert s["patients"] == 100
     assert s["coverage"]["sbp"]["patients"] == 70
@@ -221,12 +222,11 @@ def test_rebuild_is_idempotent(demo_client, demo_keys):
     from clef_platform.features.build import build_feature_store
     from clef_platform.features.client import RiskClient
 
-    client, first = demo_client
+    client, first, manifest = demo_client
     tables = {v: pd.read_parquet(first.repo / "data" / f"{v}.parquet")
               for v in ("demographics", "vitals", "labs", "conditions")}
-    manifest = first.repo.parent / "manifest.parquet"
     again = build_feature_store(first.repo, FeatureStoreConfig(), mimic_hosp=HOSP,
-                                manifest_url=str(manifest))
+                                manifest=manifest)
     assert again.summary == first.summary
     for view, table in tables.items():
         pd.testing.assert_frame_equal(pd.read_parquet(again.repo / "data" / f"{view}.parquet"),

@@ -220,6 +220,67 @@ def test_destination_holding_another_ingest_is_refused(ludb_ds, tmp_path):
         ingest("cinc2021", CINC, foreign)
 
 
+def race_two_ingests(dest: str, corpus: str, source: Path, shard_bytes: int) -> None:
+    """Two ingests of one corpus into one destination, both past reading the claims before
+    either creates one (a barrier in the test hook): exactly one proceeds and commits a whole
+    dataset; the other stops with a DestinationConflict saying so."""
+    import threading
+
+    from clef_platform.layout.dataset import open_dataset
+
+    barrier = threading.Barrier(2, timeout=120)
+    outcome: dict[int, object] = {}
+
+    def one(i: int) -> None:
+        try:
+            outcome[i] = run_ingest(IngestConfig(corpus, source, dest, shard_bytes=shard_bytes,
+                                                 workers=1), before_claim=barrier.wait)
+        except DestinationConflict as e:
+            outcome[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    errors = [o for o in outcome.values() if isinstance(o, DestinationConflict)]
+    done = [o for o in outcome.values() if not isinstance(o, DestinationConflict)]
+    assert len(errors) == 1 and len(done) == 1, outcome
+    assert "another ingest claimed this destination at the same moment" in str(errors[0])
+    assert done[0].balanced and open_dataset(dest).digest == done[0].digest
+
+
+def test_two_ingests_racing_for_one_destination(ray_local, tmp_path):
+    race_two_ingests(str(tmp_path / "raced"), "cinc2021", CINC, SHARD_BYTES)
+
+
+def test_claim_of_a_live_ingest_is_respected_and_a_dead_ones_taken_over(tmp_path):
+    """No Ray: the claim records its owner's host and PID; another live process's claim stops a
+    second ingest, a dead process's claim is taken over (generation + 1)."""
+    from clef_platform.layout.dataset import claim_destination
+    from clef_platform.storage import open_store
+
+    store = open_store(tmp_path / "ds")
+    plan = {"fingerprint": "f" * 64, "corpus": "ludb", "shards": 3}
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        first = claim_destination(store, plan)
+        first.doc["pid"] = other.pid                  # as if that process held it
+        first.heartbeat()
+        with pytest.raises(DestinationConflict, match=f"being written by another ingest "
+                                                      f"\\(pid {other.pid}"):
+            claim_destination(store, plan)
+    finally:
+        other.kill()
+        other.wait()
+    second = claim_destination(store, plan)           # its owner is gone: take over
+    assert second.generation == first.generation + 1
+    with pytest.raises(DestinationConflict, match="different ingest"):
+        claim_destination(store, {**plan, "fingerprint": "0" * 64})
+    second.release()
+    assert claim_destination(store, plan).generation == 2
+
+
 def test_job_quarantines_damaged_records_and_prints_balance(ray_local, tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()

@@ -34,6 +34,25 @@ def _roundtrip(store, tmp_path: Path) -> None:
     for bad in ("../escape", "/abs", "a//b", "a/./b", ""):
         with pytest.raises(ValueError):
             store.put_bytes(bad, b"")
+    # conditional create: of writers racing for one key exactly one wins, the object is its
+    assert store.put_bytes_if_absent("once/marker", b"first") is True
+    assert store.put_bytes_if_absent("once/marker", b"second") is False
+    assert store.get_bytes("once/marker") == b"first"
+    import threading
+    wins: list[bool] = []
+    barrier = threading.Barrier(4)
+
+    def racer(i: int) -> None:
+        barrier.wait()
+        wins.append(store.put_bytes_if_absent("race/key", f"writer {i}".encode()))
+
+    threads = [threading.Thread(target=racer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == [False, False, False, True]
+    assert store.get_bytes("race/key").startswith(b"writer ")
 
 
 def test_local_store(tmp_path):

@@ -95,12 +95,11 @@ def test_deepspeed_config_uses_torch_optimizer_and_precision():
 
 
 def _manifest(tmp_path, n_shards):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """A real dataset of `n_shards` shards of two LUDB records (written by the ingest's shard
+    task and committed by the layout, without Ray)."""
+    from tests.test_loader import build_dataset
 
-    rows = [{"key": f"k{i}", "patient_id": f"c/{i}", "ecg_time": "", "split": "train",
-             "shard": f"train-{i % n_shards:06d}"} for i in range(8)]
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "manifest.parquet")
+    build_dataset(tmp_path, 2 * n_shards, 2)
 
 
 def test_fewer_shards_than_readers_is_a_clear_error(tmp_path):

@@ -15,7 +15,7 @@ import pandas as pd
 
 from clef_platform.features.config import FeatureStoreConfig
 from clef_platform.features.manifest import (manifest_keys, manifest_observations,
-                                             manifest_patients, read_manifest)
+                                             manifest_patients, read_manifest, check_manifest)
 from clef_platform.features.mimic_etl import run_mimic_etl
 from clef_platform.features.repo import apply_repo, materialise, write_repo
 from clef_platform.features.schema import Rejects, check_observations, empty_observations
@@ -62,8 +62,15 @@ def build_from_observations(repo_dir: str | Path, obs: pd.DataFrame,
 def build_feature_store(repo_dir: str | Path, cfg: FeatureStoreConfig,
                         mimic_hosp: str | Path | None = None,
                         manifest_url: str | None = None,
-                        do_materialise: bool = True) -> BuildResult:
-    manifest = read_manifest(manifest_url) if manifest_url else None
+                        do_materialise: bool = True,
+                        manifest: "pd.DataFrame | None" = None) -> BuildResult:
+    """`manifest_url`: an ingested dataset (root or manifest.parquet) whose records get risk;
+    or `manifest`: the same rows as a table (record listings that have no waveforms, such as
+    MIMIC-IV-ECG's record_list without its signals)."""
+    if manifest_url:
+        manifest = read_manifest(manifest_url)
+    elif manifest is not None:
+        manifest = check_manifest(manifest, "table")
     obs, rejects, patients = collect_observations(mimic_hosp, manifest, cfg)
     repo = build_from_observations(repo_dir, obs, cfg, do_materialise)
     from clef_platform.features.client import RiskClient

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from clef_platform.features.config import PlausibilityRanges
 from clef_platform.features.plausibility import filter_plausible
@@ -23,12 +22,20 @@ SOURCE = "manifest"
 
 
 def read_manifest(url: str) -> pd.DataFrame:
-    """A local path, file:// or s3:// URL (pyarrow's filesystems; no s3fs needed)."""
-    table = pq.read_table(url)
-    missing = set(MANIFEST_COLUMNS) - set(table.column_names)
+    """The manifest of an ingested dataset, given its root or its manifest.parquet (a local path,
+    file:// or s3:// URL), read through the dataset layout (committed, digest checked)."""
+    from clef_platform.layout.dataset import MANIFEST_KEY, open_dataset
+
+    url = str(url).rstrip("/")
+    root = url[: -len(MANIFEST_KEY)].rstrip("/") if url.endswith("/" + MANIFEST_KEY) else url
+    return check_manifest(open_dataset(root or ".").frame(), url)
+
+
+def check_manifest(df: pd.DataFrame, what: str) -> pd.DataFrame:
+    missing = set(MANIFEST_COLUMNS) - set(df.columns)
     if missing:
-        raise ValueError(f"manifest {url} lacks columns {sorted(missing)}")
-    return table.to_pandas()
+        raise ValueError(f"manifest {what} lacks columns {sorted(missing)}")
+    return df
 
 
 def parse_ecg_time(values: pd.Series) -> pd.Series:
