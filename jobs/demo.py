@@ -26,8 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
 REPO = Path(__file__).resolve().parents[1]
 MARKER = ".clef-demo"          # only a folder with this file is ever wiped by --fresh
 log = logging.getLogger("demo")

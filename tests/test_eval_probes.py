@@ -4,8 +4,6 @@ bootstrap intervals make sense."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
