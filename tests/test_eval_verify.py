@@ -5,6 +5,7 @@ shard and stores no result; the repaired dataset is then scored."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,19 @@ def test_damaged_shards_are_refused_naming_them_and_repair_is_scored(ludb60, tmp
     assert len(df) == 1 and df["status"].iloc[0] == "ok"
     assert df["dataset_digest"].iloc[0] == ds.digest
     assert "verify_records" in df["detail"].iloc[0]
+
+
+def test_export_whose_weights_changed_is_refused_naming_the_file(ludb60, tmp_path):
+    run = tmp_path / "runs" / "r"
+    url = write_export(str(run), 6, "small", seed=0)
+    weights = next((run / "exports" / "step_6").glob("a-*/encoder.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    cfg = EvalConfig(run_url=str(run), tasks=load_tasks(["ludb_sex"]),
+                     data_root=str(Path(ludb60).parent), allow_no_lineage=True, retries=0,
+                     actors=1, random_baseline=False)
+    s = evaluate_pass(cfg, render=False)
+    assert s.added == 0 and list(s.refused) == [url]
+    assert "encoder.safetensors differs from its SHA-256 in the marker" in s.refused[url]
+    assert ResultsStore(cfg.results_url).read().empty

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from clef_platform.evaluate.data import join_url
@@ -30,7 +32,8 @@ from clef_platform.evaluate.leakage import Exclusion, run_exclusion
 from clef_platform.evaluate.probes import ProbeConfig, run_probe
 from clef_platform.evaluate.tasks import TaskSpec, compute_labels
 from clef_platform.layout.dataset import Dataset, dataset_exists, open_dataset
-from clef_platform.layout.errors import DatasetError
+from clef_platform.layout.errors import DatasetError, ExportError
+from clef_platform.layout.export import fetch_export
 from clef_platform.layout.results import (PROTOCOL, ResultKey, ResultRow, ResultsStore,
                                           results_url)
 
@@ -155,6 +158,17 @@ def evaluate_pass(cfg: EvalConfig, metrics=None, render: bool = True,
                 summary.already += 1
             else:
                 groups[(url, t.lead_index, t.window)].append((t, h))
+        if groups and model.kind == "export":
+            # Check the weights against the marker here, once: a damaged export is refused with
+            # one line instead of failing inside every embedding actor.
+            try:
+                with tempfile.TemporaryDirectory(prefix="clef-verify-") as d:
+                    fetch_export(str(model.location), Path(d))
+            except ExportError as e:
+                summary.refused[str(model.location)] = str(e)
+                summary.failed.append((model.checkpoint_id, "*", str(e)))
+                log.error("%s; not scored", e)
+                continue
         for (url, lead, window), group in groups.items():
             ds = datasets[url]
             try:
