@@ -112,7 +112,18 @@ def main() -> None:
                 print(f"  {s:6s} Ray Data extraction of LUDB ({attempt}): {len(emb.keys)} ECGs in "
                       f"{dt:6.1f} s = {len(emb.keys) / dt:6.1f} ECGs/s ({a.actors} actors)")
 
-        print("== 2. record-level verification (CLEF-small, LUDB, warm, best of 2 each)")
+        print("== 2. record-level verification")
+        from clef_platform.layout.shards import read_shard
+
+        read = {}
+        for verify in (False, True, False, True):     # the reader alone, in this process
+            t = time.perf_counter()
+            n = sum(1 for info in ds.shards.values()
+                    for _ in read_shard(ds.store, info, verify_shard=True, verify_records=verify))
+            read[verify] = max(read.get(verify, 0.0), n / (time.perf_counter() - t))
+        print(f"  read_shard alone: {read[False]:7.1f} records/s shard checks only, "
+              f"{read[True]:7.1f} records/s with record checks (ratio {read[True] / read[False]:.3f})")
+        print("  embedding extraction (CLEF-small, LUDB, warm, best of 2 each):")
         rates = {}
         for verify in (False, True, False, True):
             t = time.perf_counter()
@@ -121,8 +132,8 @@ def main() -> None:
             rate = len(emb.keys) / (time.perf_counter() - t)
             rates[verify] = max(rates.get(verify, 0.0), rate)
         for verify in (False, True):
-            print(f"  verify_records={str(verify):5s}: {rates[verify]:6.1f} ECGs/s")
-        print(f"  ratio on/off: {rates[True] / rates[False]:.3f}")
+            print(f"    verify_records={str(verify):5s}: {rates[verify]:6.1f} ECGs/s")
+        print(f"    ratio on/off: {rates[True] / rates[False]:.3f}")
 
         print("== 3. full evaluation of one checkpoint on the bundled tasks")
         tasks = [t for t in load_tasks() if t.dataset in ("ludb", "cinc2021")]
