@@ -8,7 +8,8 @@
 3. build the feature store (Feast, SQLite online store) from the MIMIC-IV demo tables
 4. pretrain CLEF-small with 2 Ray Train workers (DeepSpeed over gloo on CPU) and export
 5. evaluate every export with linear probes on records the model never trained on (the
-   evaluator drops every record whose signal checksum is in the pretraining manifest)
+   evaluator drops every record of the training split each export's marker names, and those
+   of the pretraining manifest given)
 
 Each stage is the same command a user runs (jobs/*.py), started as a subprocess so that the
 demo exercises exactly the public entry points; the figures are printed at the end.
@@ -24,8 +25,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = ".clef-demo"          # only a folder with this file is ever wiped by --fresh
@@ -134,7 +133,9 @@ def print_figures(out: Path, train_data: Path, run_url: Path, training: dict,
     print(f"exports: {[f'step_{s}' for s in exports]}")
     print(f"training: step {training['step']}, final loss {training['loss']:.4f}, "
           f"{training['seconds']:.0f} s, checkpoint {training['checkpoint']}")
-    table = pd.read_parquet(run_url / "eval" / "results.parquet")
+    from clef_platform.layout.results import ResultsStore, results_url
+
+    table = ResultsStore(results_url(str(run_url))).read()
     print("linear probes (95 % bootstrap intervals; records the model trained on are excluded):")
     print(table[["kind", "step", "task", "metric", "value", "lower", "upper", "n_records",
                  "n_excluded_leakage"]].to_string(index=False, float_format="%.3f"))

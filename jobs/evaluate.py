@@ -1,10 +1,11 @@
 """Linear-probe evaluation of every export of a training run that has no results yet.
 
-    python jobs/evaluate.py --run out/runs/demo --data-root out/datasets \
-        --pretrain-manifest out/datasets/ludb/manifest.parquet --pretrain-split train
+    python jobs/evaluate.py --run out/runs/demo --data-root out/datasets
     python jobs/evaluate.py --run s3://bucket/runs/r1 --data-root s3://bucket/datasets --watch
 
-Without --watch it makes one pass and exits (cron / Kubernetes CronJob); with --watch it polls
+The records each export trained on (its marker's lineage) are excluded from every probe;
+--pretrain-manifest adds more. Exports without lineage and --released checkpoints are scored
+only with --allow-no-lineage. Without --watch it makes one pass and exits (cron / Kubernetes CronJob); with --watch it polls
 every --interval seconds and evaluates each new export as it appears. Exit status of a single
 pass: 0 when every pending task succeeded (or was skipped for too few labels), 1 when some task
 failed after its retries (it is retried on the next run), 2 on bad arguments.
@@ -45,16 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=os.environ.get("CLEF_DATA_ROOT", "out/datasets"),
                    help="where task dataset names resolve (default $CLEF_DATA_ROOT or "
                         "out/datasets); tasks whose dataset is absent are skipped")
-    p.add_argument("--results", default=None, help="results table URL "
-                   "(default <run>/eval/results.parquet)")
+    p.add_argument("--results", default=None, help="results folder URL, one object per "
+                   "result (default <run>/eval/results)")
     p.add_argument("--report", default=None, help="report folder URL (default <run>/eval/report)")
     p.add_argument("--pretrain-manifest", default=None,
-                   help="table with a sha256 column of the records the run pretrained on "
-                        "(e.g. the training dataset's manifest.parquet); they are excluded")
+                   help="table with a sha256 column of more records to exclude, on top of "
+                        "the exports' lineage (e.g. another dataset's manifest.parquet)")
     p.add_argument("--pretrain-split", default=None,
                    help="only rows of this split of --pretrain-manifest (e.g. train)")
     p.add_argument("--released", type=released, action="append", default=[],
                    help="released CLEF checkpoint as baseline, PATH:SCALE (repeatable)")
+    p.add_argument("--allow-no-lineage", action="store_true",
+                   help="also score exports whose marker names no training data and "
+                        "--released checkpoints (the report says leakage was not checked)")
+    p.add_argument("--no-verify-records", action="store_true",
+                   help="skip the per-record signal SHA-256 check (shard digests are always "
+                        "checked)")
     p.add_argument("--no-random-baseline", action="store_true")
     p.add_argument("--seed", type=int, default=0, help="random-baseline seed")
     p.add_argument("--watch", action="store_true", help="keep polling for new exports")
@@ -78,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    from clef_platform.evaluate.metrics import EvalMetrics
+    from clef_platform.evaluate.passes import EvalConfig, evaluate_pass
     from clef_platform.evaluate.probes import ProbeConfig
-    from clef_platform.evaluate.scheduler import EvalConfig, EvalMetrics, evaluate_pass, watch
     from clef_platform.evaluate.tasks import TASKS_DIR, TaskError, load_tasks
+    from clef_platform.evaluate.watch import watch
 
     try:
         tasks = load_tasks(a.tasks, a.tasks_dir or TASKS_DIR)
@@ -90,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = EvalConfig(run_url=a.run, tasks=tasks, data_root=a.data_root, results_url=a.results,
                      report_url=a.report, pretrain_manifest=a.pretrain_manifest,
                      pretrain_split=a.pretrain_split, released=a.released,
+                     allow_no_lineage=a.allow_no_lineage, verify_records=not a.no_verify_records,
                      random_baseline=not a.no_random_baseline, random_seed=a.seed,
                      probe=ProbeConfig(n_bootstrap=a.n_bootstrap), retries=a.retries,
                      actors=a.actors)
@@ -108,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     s = evaluate_pass(cfg, metrics)
     print(json.dumps({"exports": s.exports, "added": s.added, "already_stored": s.already,
-                      "failed": [list(f) for f in s.failed], "missing_datasets":
+                      "failed": [list(f) for f in s.failed], "refused": s.refused,
+                      "no_lineage": s.no_lineage, "missing_datasets":
                       s.missing_datasets, "report": s.report, "seconds": round(s.seconds, 1)},
                      indent=2))
     return 1 if s.failed else 0

@@ -4,14 +4,13 @@ bootstrap intervals make sense."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from clef_platform.evaluate.data import open_dataset
 from clef_platform.evaluate.embed import ModelSpec, extract
-from clef_platform.evaluate.fixtures import BUNDLED, ingest
+from clef_platform.layout.dataset import open_dataset
+from clef_platform.layout.export import read_marker
+from tests.fixtures import BUNDLED, ingest, write_export
 from clef_platform.evaluate.probes import ProbeConfig, auroc, macro_auroc, run_probe
 from clef_platform.evaluate.tasks import compute_labels, load_tasks
 
@@ -27,19 +26,21 @@ def ludb(ray_local, tmp_path_factory):
 @pytest.fixture(scope="module")
 def pretrained_export(tmp_path_factory):
     """A 'trained-ish' CLEF-small: a few CLEF steps on the CinC sample (disjoint from LUDB),
-    exported with save_encoder like the training job."""
+    committed as a run's export through layout.export like the training job."""
+    from clef_model import load_encoder
     from clef_platform.local_pretrain import LocalPretrainConfig, pretrain
 
     out = tmp_path_factory.mktemp("eval_pretrain")
     s = pretrain(LocalPretrainConfig(source=BUNDLED["cinc2021"], out_dir=out, corpus="cinc2021",
                                      steps=2, batch_size=8, warmup_steps=1, log_every=1))
-    return s["export"]
+    return write_export(str(out / "run"), 2, model=load_encoder(s["export"]))
 
 
 def test_probes_score_above_chance_with_pretrained_and_random(ludb, pretrained_export):
     tasks = {t.name: t for t in load_tasks(["ludb_rhythm", "ludb_sex", "ludb_age"])}
     cfg = ProbeConfig(n_bootstrap=500)
-    for spec in (ModelSpec("export", "small", location=pretrained_export, step=2),
+    digest = read_marker(pretrained_export).digest
+    for spec in (ModelSpec("export", "small", location=pretrained_export, step=2, digest=digest),
                  ModelSpec("random", "small", seed=0)):
         emb = extract(ludb, spec, lead_index=0, window=5000, actors=2)
         assert emb.X.shape == (200, 256) and np.isfinite(emb.X).all()

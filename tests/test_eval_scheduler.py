@@ -17,13 +17,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from clef_platform.evaluate.fixtures import (BUNDLED, ingest, raw_sha256, subset_folder,
-                                             write_export)
+from clef_platform.evaluate.metrics import EvalMetrics
+from clef_platform.evaluate.passes import EvalConfig
 from clef_platform.evaluate.probes import ProbeConfig
 from clef_platform.evaluate.report import render_report
-from clef_platform.evaluate.scheduler import EvalConfig, EvalMetrics, watch
-from clef_platform.evaluate.store import ResultsStore
 from clef_platform.evaluate.tasks import load_task, load_tasks
+from clef_platform.evaluate.watch import watch
+from clef_platform.layout.results import ResultsStore
+from tests.fixtures import (BUNDLED, ingest, raw_sha256, subset_folder, training_data,
+                            write_export)
 from tests.helpers import free_port, load_job
 
 pytestmark = pytest.mark.slow
@@ -33,10 +35,13 @@ CRONJOB = REPO / "infra" / "k8s" / "evaluate-cronjob.yaml"
 
 @pytest.fixture(scope="module")
 def data_root(ray_local, tmp_path_factory):
-    """LUDB records 1-60 (38 M / 22 F, 42 sinus rhythm) ingested as dataset 'ludb'."""
+    """LUDB records 1-60 (38 M / 22 F, 42 sinus rhythm) ingested as dataset 'ludb', and records
+    1-5 alone as dataset 'pretrain' (what the run of the CronJob test trained on)."""
     root = tmp_path_factory.mktemp("eval_sched")
     src = subset_folder(BUNDLED["ludb"], root / "src", [str(i) for i in range(1, 61)])
     ingest("ludb", src, str(root / "data" / "ludb"), shard_bytes=1_000_000)
+    few = subset_folder(BUNDLED["ludb"], root / "src5", [str(i) for i in range(1, 6)])
+    ingest("ludb", few, str(root / "data" / "pretrain"))
     return root / "data"
 
 
@@ -63,7 +68,10 @@ def cronjob_argv(env: dict[str, str]) -> list[str]:
 
 def test_cronjob_command_twice_stores_each_result_once(data_root, tmp_path, capsys):
     run = tmp_path / "runs" / "r1"
-    write_export(str(run), 10, "small", seed=1)
+    # Lineage: trained on the train split of 'pretrain' (some of records 1-5); the CronJob's
+    # --pretrain-manifest adds all five.
+    write_export(str(run), 10, "small", seed=1,
+                 training_data=[training_data(str(data_root / "pretrain"))])
     excluded = raw_sha256("ludb", BUNDLED["ludb"], ["1", "2", "3", "4", "5"])
     pd.DataFrame({"sha256": excluded}).to_parquet(tmp_path / "pretrain.parquet")
     argv = cronjob_argv({"CLEF_RUN_URL": str(run), "CLEF_DATA_ROOT": str(data_root),
@@ -73,7 +81,7 @@ def test_cronjob_command_twice_stores_each_result_once(data_root, tmp_path, caps
     # First run in this process (the session's Ray is already up, so the job joins it).
     assert load_job("evaluate").main(argv[2:]) == 0
     first = json.loads(capsys.readouterr().out)
-    df1 = ResultsStore(str(run / "eval" / "results.parquet")).read()
+    df1 = ResultsStore(str(run / "eval" / "results")).read()
     # 3 LUDB tasks x (export + random baseline); CinC / PTB-XL datasets absent -> skipped.
     assert first["added"] == 6 and len(df1) == 6
     assert set(first["missing_datasets"]) >= {"cinc2021_dx", "ptbxl_form"}
@@ -88,9 +96,9 @@ def test_cronjob_command_twice_stores_each_result_once(data_root, tmp_path, caps
     assert proc.returncode == 0, proc.stderr[-3000:]
     second = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert second["added"] == 0 and second["already_stored"] == 6
-    df2 = ResultsStore(str(run / "eval" / "results.parquet")).read()
+    df2 = ResultsStore(str(run / "eval" / "results")).read()
     pd.testing.assert_frame_equal(df1, df2)
-    assert not df2.duplicated(["checkpoint", "task", "config_hash"]).any()
+    assert df2["key"].is_unique and len(list((run / "eval" / "results").iterdir())) == 6
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +109,7 @@ def watched(data_root, broken_task, tmp_path_factory):
     tasks = load_tasks(["ludb_sex"]) + [broken_task]
     cfg = EvalConfig(run_url=str(run), tasks=tasks, data_root=str(data_root),
                      random_baseline=False, retries=1, retry_delay_s=0.0,
+                     allow_no_lineage=True,
                      probe=ProbeConfig(logistic_C=(0.1, 1.0), n_bootstrap=200))
     metrics = EvalMetrics()
     port = free_port()

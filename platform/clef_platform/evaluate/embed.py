@@ -1,24 +1,30 @@
 """Frozen-encoder embeddings of an ingested dataset, in parallel with Ray Data.
 
-Pipeline: one block per shard -> `flat_map` reads a shard and cuts each record's evaluation view
-(lead, centre window, band-pass, z-score; `data.eval_views`), dropping records excluded for leakage ->
+Pipeline: one block per shard -> `flat_map` reads a shard through the verified reader
+(`layout.shards.read_shard`: the shard's size and SHA-256 against the shard index before any
+record, its record count, and each record's signal SHA-256 unless `verify_records` is off) and
+crops each record's lead window, dropping records excluded for leakage ->
 `map_batches(_Embedder)` on an actor pool: each actor builds the encoder once (from a
-`ModelSpec`) and embeds batches of [B, 1, window] under `torch.inference_mode()`.
+`ModelSpec`), makes the evaluation views of a batch (band-pass, z-score; `data.eval_views`) and
+embeds them as [B, 1, window] under `torch.inference_mode()`.
+
+A damaged shard fails the whole extraction with a `DatasetError` naming it: no embedding, so no
+result, is made from part of a dataset.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from clef_platform.evaluate.data import Dataset, crop_window, eval_views, iter_shard, meta_json
+from clef_platform.evaluate.data import crop_window, eval_views, meta_json
+from clef_platform.layout.dataset import Dataset, ShardInfo
+from clef_platform.layout.errors import DatasetError
 from clef_platform.storage import open_store
 
 log = logging.getLogger(__name__)
@@ -30,7 +36,8 @@ EMBED_VERSION = "eval-view/1:centre-crop,bandpass-0.67-40,zscore"   # bump when 
 class ModelSpec:
     """Where an encoder comes from; a plain value so Ray can ship it to actors.
 
-    kind "export": `location` is an export folder URL (clef_model.save_encoder layout);
+    kind "export": `location` is an export URL (`<run>/exports/step_<N>`, layout.export),
+    loaded through its marker with every file verified; `digest` is the marker's digest.
     "random": a freshly initialised encoder of `scale` after torch.manual_seed(seed);
     "released": a released CLEF Lightning checkpoint file at `location` of `scale`.
     """
@@ -40,6 +47,8 @@ class ModelSpec:
     location: str | None = None
     seed: int = 0
     step: int | None = None       # training step of an export (None for baselines)
+    digest: str = ""              # ExportMarker.digest of an export
+    lineage: str = "checked"      # "none": scored without lineage (leakage not checked)
 
     @property
     def checkpoint_id(self) -> str:
@@ -51,10 +60,16 @@ class ModelSpec:
             return f"released:{self.scale}:{self.location}"
         raise ValueError(f"unknown model kind {self.kind!r}")
 
+    @property
+    def identity(self) -> str:
+        """What names the weights in a result's key: the export digest, or the baseline id."""
+        return self.digest if self.kind == "export" else self.checkpoint_id
+
     def build(self):
         import torch
 
-        from clef_model import build_encoder, load_encoder, load_released_checkpoint
+        from clef_model import build_encoder, load_released_checkpoint
+        from clef_platform.layout.export import load_export
 
         if self.kind == "random":
             torch.manual_seed(self.seed)
@@ -62,27 +77,8 @@ class ModelSpec:
         if self.kind == "released":
             return load_released_checkpoint(self.location, self.scale)
         if self.kind == "export":
-            loc = str(self.location)
-            if "://" not in loc or loc.startswith("file://"):
-                return load_encoder(loc[len("file://"):] if loc.startswith("file://") else loc)
-            # Remote export: copy its two files to a temporary folder first.
-            from clef_model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-
-            store = open_store(loc)
-            with tempfile.TemporaryDirectory(prefix="clef-export-") as d:
-                for name in (CONFIG_FILE, WEIGHTS_FILE):
-                    with open(os.path.join(d, name), "wb") as f:
-                        f.write(store.get_bytes(name))
-                return load_encoder(d)
+            return load_export(str(self.location))
         raise ValueError(f"unknown model kind {self.kind!r}")
-
-
-def export_scale(location: str) -> str | None:
-    """The scale named in an export's config.json."""
-    from clef_model.checkpoint import CONFIG_FILE
-
-    store = open_store(location)
-    return json.loads(store.get_bytes(CONFIG_FILE)).get("scale")
 
 
 @dataclass
@@ -90,7 +86,7 @@ class Embeddings:
     keys: list[str]
     records: list[dict[str, Any]]     # key, record_id, patient_id, corpus, split, meta (labels)
     X: np.ndarray                     # float32 [N, D]
-    n_excluded: int                   # records left out because the checkpoint trained on them
+    n_excluded: int                   # records left out because the run trained on them
     seconds: float
 
     @property
@@ -99,31 +95,33 @@ class Embeddings:
 
 
 def _shard_views(row: dict[str, Any], store_url: str, lead_index: int, window: int,
-                 exclude_keys: frozenset[str], exclude_hashes: frozenset[str]
-                 ) -> list[dict[str, Any]]:
-    """flat_map: a shard key -> one row per kept record (ids, labels JSON, view)."""
-    import torch
+                 exclude_hashes: frozenset[str], verify_records: bool) -> list[dict[str, Any]]:
+    """flat_map: a shard (its index row) -> one row per kept record (ids, labels JSON, the
+    cropped window). No torch here: Ray Data cancels the other read tasks when one fails (a
+    damaged shard), and a cancellation inside `import torch` leaves that worker unable to import
+    it again; the actors, which are discarded on failure, do the band-pass."""
+    from clef_platform.layout.shards import read_shard
 
-    torch.set_num_threads(1)    # the FFT band-pass is ~20x slower oversubscribed on small hosts
-    store = open_store(store_url)
-    out, windows = [], []
-    for rec in iter_shard(store, row["shard"]):
-        sha = (rec.get("meta") or {}).get("sha256")
-        if rec["key"] in exclude_keys or rec["record_id"] in exclude_keys \
-                or sha in exclude_hashes:
-            continue
-        out.append({"key": rec["key"], "meta_json": meta_json(rec),
-                    "lead_present": bool(rec["lead_mask"][lead_index])})
-        windows.append(crop_window(rec["signal"][lead_index], window))
-    if out:
-        views = eval_views(np.stack(windows))      # one batched band-pass per shard
-        for r, v in zip(out, views):
-            r["x"] = v
+    info = ShardInfo(**row)
+    out = []
+    try:
+        for rec in read_shard(open_store(store_url), info, verify_shard=True,
+                              verify_records=verify_records):
+            if rec["meta"].get("sha256") in exclude_hashes:
+                continue
+            out.append({"key": rec["key"], "meta_json": meta_json(rec),
+                        "lead_present": bool(rec["lead_mask"][lead_index]),
+                        "x": crop_window(rec["signal"][lead_index], window)})
+    except DatasetError as e:
+        # ShardError / RecordError take two arguments and do not survive pickling (Ray ships
+        # the error to the driver): the same one-line message as a plain DatasetError.
+        raise DatasetError(f"{store_url}: {e}") from None
     return out
 
 
 class _Embedder:
-    """Actor: holds one encoder; embeds batches of views."""
+    """Actor: holds one encoder; turns batches of cropped windows into evaluation views
+    (band-pass + z-score, batched) and embeds them."""
 
     def __init__(self, spec: ModelSpec, threads: int = 1):
         import torch
@@ -133,7 +131,8 @@ class _Embedder:
         self.torch = torch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = self.torch.from_numpy(np.ascontiguousarray(np.stack(batch["x"]), dtype=np.float32))
+        views = eval_views(np.stack(batch["x"]))
+        x = self.torch.from_numpy(np.ascontiguousarray(views, dtype=np.float32))
         with self.torch.inference_mode():
             z = self.model(x.unsqueeze(1)).float().numpy()
         return {"key": batch["key"], "meta_json": batch["meta_json"],
@@ -147,27 +146,56 @@ def default_actors() -> int:
     return max(1, min(4, cpus))
 
 
+def dataset_error(e: BaseException) -> DatasetError | None:
+    """The DatasetError a Ray Data failure carries (RayTaskError(DatasetError) holds the
+    original as `cause`), as one line; None for any other failure."""
+    cause = getattr(e, "cause", None)
+    if isinstance(e, DatasetError) and isinstance(cause, DatasetError):
+        # Ray appends its retry advice to the message: keep our line only.
+        return DatasetError(str(cause.args[0] if cause.args else cause).split("\n")[0])
+    return None
+
+
+def excluded_count(dataset: Dataset, exclude_hashes: frozenset[str]) -> int:
+    """Records of `dataset` whose signal SHA-256 is in the exclusion set."""
+    if not exclude_hashes:
+        return 0
+    return int(dataset.frame()["sha256"].isin(exclude_hashes).sum())
+
+
 def extract(dataset: Dataset, spec: ModelSpec, lead_index: int, window: int,
             exclude_hashes: frozenset[str] = frozenset(), actors: int | None = None,
-            batch_size: int = 32, threads_per_actor: int = 1) -> Embeddings:
-    """Embeddings of every record of `dataset` not excluded for leakage (sorted by key)."""
+            batch_size: int = 32, threads_per_actor: int = 1,
+            verify_records: bool = True) -> Embeddings:
+    """Embeddings of every record of `dataset` not excluded for leakage (sorted by key).
+
+    A damaged shard raises DatasetError naming it."""
     import ray
 
     t0 = time.perf_counter()
-    exclude_keys, n_excluded = dataset.excluded_keys(exclude_hashes)
-    shards = dataset.shard_keys
+    n_excluded = excluded_count(dataset, exclude_hashes)
+    shards = [asdict(s) for _, s in sorted(dataset.shards.items())]
     if not shards:
-        raise ValueError(f"{dataset.url}: no shards")
+        raise DatasetError(f"{dataset.url}: no shards")
     actors = actors or default_actors()
-    ds = ray.data.from_items([{"shard": k} for k in shards], override_num_blocks=len(shards))
+    ds = ray.data.from_items(shards, override_num_blocks=len(shards))
     ds = ds.flat_map(_shard_views, fn_kwargs=dict(
         store_url=dataset.store.url, lead_index=lead_index, window=window,
-        exclude_keys=frozenset(exclude_keys), exclude_hashes=exclude_hashes), num_cpus=0.25)
+        exclude_hashes=exclude_hashes, verify_records=verify_records), num_cpus=0.25)
     ds = ds.map_batches(_Embedder, fn_constructor_kwargs={"spec": spec,
                                                           "threads": threads_per_actor},
                         compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size,
                         num_cpus=threads_per_actor * 0.75, batch_format="numpy")
-    rows = ds.take_all()
+    # Raise what a task raised (RayTaskError(DatasetError)), not Ray Data's UserCodeException
+    # wrapper, so a damaged shard reaches the caller as the DatasetError naming it.
+    ds.context.raise_original_map_exception = True
+    try:
+        rows = ds.take_all()
+    except Exception as e:
+        err = dataset_error(e)
+        if err is None:
+            raise
+        raise err from None
     rows.sort(key=lambda r: r["key"])
     missing_lead = [r["key"] for r in rows if not r["lead_present"]]
     if missing_lead:

@@ -13,8 +13,6 @@ are resampled together), seeded.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,6 +25,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from clef_platform.digests import stable_hash
 from clef_platform.evaluate.tasks import Labels, TaskSpec, _norm, get_field
 
 
@@ -41,9 +40,8 @@ class ProbeConfig:
 
     def hash(self, task: TaskSpec, embed_version: str) -> str:
         """The probe configuration hash of the results key: probe settings + task + view."""
-        blob = json.dumps({"probe": asdict(self), "task": task.fingerprint(),
-                           "embed": embed_version}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return stable_hash({"probe": asdict(self), "task": task.fingerprint(),
+                            "embed": embed_version})
 
 
 @dataclass

@@ -19,16 +19,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from clef_platform.evaluate.metrics import baseline_name  # noqa: E402
 from clef_platform.storage import LocalStore, open_store  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+NO_LINEAGE = "no lineage: leakage not checked"
 _COLORS = ["tab:gray", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
 
 
 def _plot(task: str, metric: str, exports: pd.DataFrame, base: pd.DataFrame) -> bytes:
-    from clef_platform.evaluate.scheduler import baseline_name
-
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     if len(exports):
         e = exports.sort_values("step")
@@ -56,16 +56,16 @@ def _plot(task: str, metric: str, exports: pd.DataFrame, base: pd.DataFrame) -> 
 
 
 def _fmt(row) -> str:
+    note = f" ({NO_LINEAGE})" if row.get("lineage") == "none" else ""
     if row["status"] != "ok":
-        return row["status"]
-    return f"{row['value']:.3f} [{row['lower']:.3f}, {row['upper']:.3f}]"
+        return row["status"] + note
+    return f"{row['value']:.3f} [{row['lower']:.3f}, {row['upper']:.3f}]" + note
 
 
 def render_report(df: pd.DataFrame, report_url: str, tasks=(), run_url: str = "",
-                  missing=()) -> str:
-    """Write index.html and one PNG per task under `report_url`; returns the index URL."""
-    from clef_platform.evaluate.scheduler import baseline_name
-
+                  missing=(), not_scored: dict[str, str] | None = None) -> str:
+    """Write index.html and one PNG per task under `report_url`; returns the index URL.
+    `not_scored`: {checkpoint: why} of models the pass refused or skipped."""
     store = open_store(report_url)
     names = sorted(set(df["task"]) | {t.name for t in tasks})
     desc = {t.name: t.description for t in tasks}
@@ -102,6 +102,11 @@ def render_report(df: pd.DataFrame, report_url: str, tasks=(), run_url: str = ""
     n_excl = (df.groupby("dataset")["n_excluded_leakage"].max().to_dict() if len(df) else {})
     excl_html = "".join(f"<li>{html.escape(str(k))}: {int(v)} record(s) excluded because the "
                         f"checkpoint was pretrained on them</li>" for k, v in n_excl.items())
+    unchecked = sorted(set(df.loc[df["lineage"] == "none", "checkpoint"])) if len(df) else []
+    lineage_html = "".join(f"<li><code>{html.escape(c)}</code>: {NO_LINEAGE}</li>"
+                           for c in unchecked)
+    lineage_html += "".join(f"<li><code>{html.escape(c)}</code>: not scored: {html.escape(w)}"
+                            f"</li>" for c, w in sorted((not_scored or {}).items()))
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>CLEF probe evaluation: {html.escape(run_url)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
@@ -115,7 +120,7 @@ figure{{display:inline-block;margin:8px}}img{{max-width:640px}}</style></head><b
 <th>baselines</th><th>n scored</th><th>excluded (leakage)</th><th>labels</th></tr>
 {''.join(rows_html)}
 </table>
-<h2>Leakage</h2><ul>{excl_html or '<li>no results yet</li>'}</ul>
+<h2>Leakage</h2><ul>{excl_html or '<li>no results yet</li>'}{lineage_html}</ul>
 <h2>Metric against training step</h2>
 {''.join(figs_html)}
 </body></html>

@@ -12,7 +12,6 @@ then in the record itself (record_id, patient_id, split, ...).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import re
@@ -24,6 +23,7 @@ import numpy as np
 import yaml
 
 from clef_model.leads import LEADS
+from clef_platform.digests import sha256_file
 
 TASKS_DIR = Path(__file__).with_name("tasks")
 KINDS = ("binary", "multilabel", "regression")
@@ -111,8 +111,7 @@ class TaskSpec:
         d.pop("source_file")
         d.pop("description")
         if self.label.map is not None:
-            d["label"]["map"]["table_sha256"] = hashlib.sha256(
-                self._map_path().read_bytes()).hexdigest()
+            d["label"]["map"]["table_sha256"] = sha256_file(self._map_path())
         return d
 
     def _map_path(self) -> Path:

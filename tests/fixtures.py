@@ -1,16 +1,16 @@
-"""Small real-data setups for tests, benchmarks and the demo: bundled corpora (or a subset of
-their records) ingested with the platform's own ingestion, and encoder exports laid out as the
-training job writes them (`<run>/exports/step_<N>/` + `_COMPLETE`).
-"""
+"""Small real-data setups for the evaluation tests: bundled corpora (or a subset of their
+records) ingested with the platform's own ingestion, and encoder exports committed with
+`layout.export.write_export` (the writer training uses) from a `clef_model.save_encoder` folder,
+with the lineage (`TrainingData`) training records."""
 
 from __future__ import annotations
 
-import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
 BUNDLED = {"ludb": REPO / "data" / "ludb" / "data", "cinc2021": REPO / "data" / "cinc2021-sample"}
 
 
@@ -38,21 +38,36 @@ def ingest(corpus: str, source: Path, dest: str, shard_bytes: int = 2_000_000,
     return dest
 
 
+def training_data(url: str, split: str = "train"):
+    """The lineage entry training writes for a dataset split it trained on."""
+    from clef_platform.layout.dataset import open_dataset
+    from clef_platform.layout.export import TrainingData
+
+    ds = open_dataset(url)
+    return TrainingData(url=ds.url, split=split, dataset_digest=ds.digest,
+                        records=ds.records(split))
+
+
 def write_export(run_url: str, step: int, scale: str = "small", seed: int = 0, model=None,
-                 extra: dict | None = None) -> str:
-    """An export of `model` (default: a seeded random encoder) at `run_url/exports/step_<N>`,
-    committed with the `_COMPLETE` marker like clef_platform.train.export."""
+                 training_data: tuple = (), method: str = "clef") -> str:
+    """Commit `model` (default: a seeded random encoder) as the export of `step` of the run at
+    `run_url`, through `layout.export.write_export` from a `save_encoder` folder."""
     import torch
 
-    from clef_model import build_encoder
-    from clef_platform.train.export import export_encoder
+    from clef_model import build_encoder, save_encoder
+    from clef_platform.digests import stable_hash
+    from clef_platform.layout.export import write_export as commit
 
     if model is None:
         torch.manual_seed(seed)
         model = build_encoder(scale)
-    run_url = str(run_url).rstrip("/")
-    storage, _, run_name = run_url.rpartition("/")
-    return export_encoder(model, storage, run_name, step, extra=extra)
+    storage, _, run_name = str(run_url).rstrip("/").rpartition("/")
+    with tempfile.TemporaryDirectory(prefix="clef-test-export-") as d:
+        folder = save_encoder(model, Path(d) / "export")
+        url, _ = commit(folder, storage, run_name, step, method=method, scale=scale,
+                        recipe="test", config_digest=stable_hash(scale, seed, method),
+                        training_data=tuple(training_data), loss=None)
+    return url
 
 
 def raw_sha256(corpus: str, source: Path, names: Iterable[str]) -> list[str]:
@@ -71,13 +86,3 @@ def raw_sha256(corpus: str, source: Path, names: Iterable[str]) -> list[str]:
             assert isinstance(rec, CanonicalRecord), rec
             out.append(signal_sha256(rec.digital))
     return out
-
-
-def write_marker_info(run_url: str, step: int, **info) -> None:
-    """Add keys (e.g. data=..., split=...) to an export's _COMPLETE marker."""
-    from clef_platform.storage import open_store
-
-    store = open_store(run_url)
-    key = f"exports/step_{step}/_COMPLETE"
-    cur = json.loads(store.get_bytes(key) or b"{}")
-    store.put_bytes(key, json.dumps({**cur, **info}, sort_keys=True).encode())
