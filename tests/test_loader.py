@@ -151,7 +151,7 @@ def test_shard_members_are_only_npy_and_json(eight_shards):
 from clef_platform.layout.dataset import open_dataset  # noqa: E402
 from clef_platform.layout.errors import DatasetError, RecordError, ShardError  # noqa: E402
 from clef_platform.layout.shards import read_shard  # noqa: E402
-from tests.damage import KINDS, overwrite_signal  # noqa: E402
+from tests.damage import KINDS  # noqa: E402
 
 
 def _damaged_copy(src: str, dest: Path, kind: str) -> tuple[str, str]:
