@@ -25,6 +25,7 @@ from typing import Any
 
 SCALE_NAMES = ("small", "medium", "large")
 METHODS = ("clef", "simclr", "byol", "moco")
+RECIPE_NAMES = ("scaled", "paper")
 
 
 def _f(default, help: str, **kw):
@@ -45,6 +46,22 @@ class OptimConfig:
     min_lr_ratio: float = _f(0.1, "cosine decay ends at lr * min_lr_ratio at the last step")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this value (0 disables)")
     grad_accum: int = _f(1, "gradient accumulation micro-steps per optimiser step")
+    schedule: str = _f("warmup-cosine", "'warmup-cosine': per step, linear warmup then cosine to "
+                                        "lr x min_lr_ratio; 'cosine-restarts': torch's "
+                                        "CosineAnnealingWarmRestarts stepped once per epoch "
+                                        "(the release's, train/schedule.py)",
+                       choices=["warmup-cosine", "cosine-restarts"])
+    restart_epochs: int = _f(10, "cosine-restarts: epochs of the first cycle (T_0)")
+    restart_mult: int = _f(2, "cosine-restarts: each cycle is this many times longer (T_mult)")
+    eta_min: float = _f(1e-6, "cosine-restarts: the lowest learning rate (eta_min)")
+    decay_all: bool = _f(False, "weight decay on every parameter (the release) instead of only "
+                                "on weights with more than one dimension")
+    lr_scaling: str = _f("sqrt", "how lr follows the global batch when --lr is not given: "
+                                 "'sqrt' = lr x sqrt(global batch / reference_batch), 'linear', "
+                                 "or 'none' (train/recipes.py)",
+                         choices=["sqrt", "linear", "none"])
+    reference_batch: int = _f(128, "global batch (x grad_accum) at which the recipe's lr is "
+                                   "defined; set by the recipe per scale")
 
 
 @dataclass
@@ -81,8 +98,10 @@ class DataConfig:
                         choices=["fail", "skip"])
     order: str = _f("stream", "'stream': each rank streams its own resampled shards (training); "
                               "'global': every rank reads one deterministic record order and takes "
-                              "its slice of each global batch (debugging / equivalence checks)",
-                    choices=["stream", "global"])
+                              "its slice of each global batch (debugging / equivalence checks); "
+                              "'epoch' (what --epochs uses): exact passes, each shuffled by "
+                              "(seed, epoch), every rank taking its slice of each global batch",
+                    choices=["stream", "global", "epoch"])
 
 
 @dataclass
@@ -120,7 +139,17 @@ class PretrainConfig:
     scale: str = _f("small", "encoder scale; selects the preset", choices=list(SCALE_NAMES))
     method: str = _f("clef", "objective: clef (risk-weighted), simclr (NT-Xent), byol, moco",
                      choices=list(METHODS))
-    steps: int = _f(200, "optimiser steps to train (the total, counting resumed ones)")
+    recipe: str = _f("scaled", "named recipe layered over the scale's preset and under "
+                               "--config / options: 'scaled' (the platform's presets, lr scaled "
+                               "with the global batch) or 'paper' (the authors' release exactly; "
+                               "docs/reproducing.md)", choices=["scaled", "paper"])
+    steps: int = _f(200, "optimiser steps to train (the total, counting resumed ones); give "
+                         "this or --epochs")
+    epochs: int = _f(0, "passes over the training split (each shuffled, every record once); "
+                        "0 = train --steps; give this or --steps")
+    patience: int = _f(0, "early stopping: stop when the epoch's mean training loss has not "
+                          "improved by patience_delta for this many epochs (0 = off)")
+    patience_delta: float = _f(1e-4, "early stopping: the least improvement that counts")
     batch_per_worker: int = _f(64, "records per worker per micro-step; global batch = "
                                    "batch_per_worker x workers")
     seed: int = _f(0, "seed for initialisation and views (views depend on seed, record, epoch)")
@@ -155,6 +184,15 @@ class PretrainConfig:
             errors.append(f"scale must be one of {SCALE_NAMES}")
         if self.method not in METHODS:
             errors.append(f"method must be one of {METHODS}")
+        if self.epochs < 0:
+            errors.append(f"epochs must be >= 0, got {self.epochs}")
+        if self.epochs and self.optim.grad_accum != 1:
+            errors.append("--epochs needs optim.grad_accum 1 (an epoch is counted in global "
+                          "batches of one optimiser step)")
+        if self.epochs and self.data.order != "epoch":
+            errors.append(f"--epochs needs data.order 'epoch', got {self.data.order!r}")
+        if self.recipe not in RECIPE_NAMES:
+            errors.append(f"recipe must be one of {RECIPE_NAMES}")
         for name, value in (("steps", self.steps), ("batch_per_worker", self.batch_per_worker),
                             ("cluster.workers", self.cluster.workers),
                             ("checkpoint.every", self.checkpoint.every),
@@ -196,17 +234,24 @@ class PretrainConfig:
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "PretrainConfig":
-        """Preset of the scale -> YAML (--config) -> CLI options."""
+        """Preset of the scale -> recipe -> YAML (--config) -> CLI options -> the recipe's
+        derived values (train/recipes.py: global batch split, lr scaling, epochs or steps)."""
+        from clef_platform.train import recipes
+
         p = parser()
         ns = p.parse_args(argv)
         given = dict(vars(ns))
         config_path = given.pop("config", None)
         yaml_d: dict[str, Any] = load_yaml(config_path) if config_path else {}
         scale = given.get("scale") or yaml_d.get("scale") or "small"
+        recipe = given.get("recipe") or yaml_d.get("recipe") or "scaled"
         cfg = cls.preset(scale)
-        apply_overrides(cfg, yaml_d)
-        apply_overrides(cfg, _unflatten(given))
         try:
+            recipes.apply_recipe(cfg, recipe)
+            apply_overrides(cfg, yaml_d)
+            apply_overrides(cfg, _unflatten(given))
+            recipes.resolve(cfg, recipes.explicit_keys(yaml_d) | recipes.explicit_keys(
+                _unflatten(given)))
             return cfg.validate()
         except ValueError as e:
             p.error(str(e))
@@ -358,6 +403,10 @@ def parser() -> argparse.ArgumentParser:
                                    metavar=None if f.metadata.get("choices") else tp.__name__.upper())
 
     add(PretrainConfig, "", p)
-    p.epilog = "presets (per worker):\n" + json.dumps(PRESETS, indent=1)
+    from clef_platform.train import recipes
+
+    p.epilog = ("presets (per worker):\n" + json.dumps(PRESETS, indent=1)
+                + "\n\nrecipes (layered over the preset, under --config and options):\n"
+                + recipes.describe_recipes())
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     return p

@@ -11,6 +11,14 @@
 - `views_on="device"` ships the (cropped) 12-lead signals and makes views in the training step
   (batched, on the GPU when there is one); `views_on="loader"` makes them in the DataLoader
   worker processes and ships two [B, 1, L] views.
+- `order="epoch"` (`--epochs`): exact passes over the split. Pass e reads the split's shards in
+  order through a shuffle buffer seeded by (seed, e) (identical on every rank, so every rank sees
+  one sequence; a buffer at least as large as the split is a uniform permutation), cuts it into
+  global batches and each rank takes its slice: every record once per epoch. The last partial
+  batch is kept, as the release's DataLoader does (drop_last=False), split as evenly as the ranks
+  allow; only when it would leave a rank with fewer than 2 records (BatchNorm cannot train on
+  one) are those at most 2 x workers - 1 records left out of that epoch (`epoch_plan`). Costs
+  world x reading, like "global".
 - `order="global"`: every rank reads the same deterministic record sequence (exact pass over the
   sorted shards, no shuffle, cycling) and takes its slice of each global batch, so the global
   batch is identical for any number of workers. Costs world x reading; for checks, not speed.
@@ -18,6 +26,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -151,8 +160,8 @@ class _Batches(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, cfg, rank: int, world: int, risk_table: RiskTable, vcfg: ViewConfig,
-                 start_micro: int, steps_per_epoch: int):
-        self.cfg, self.rank, self.world = cfg, rank, world
+                 start_micro: int, steps_per_epoch: int, n_records: int = 0):
+        self.cfg, self.rank, self.world, self.n_records = cfg, rank, world, n_records
         self.risk_table, self.vcfg = risk_table, vcfg
         self.start_micro, self.steps_per_epoch = start_micro, steps_per_epoch
 
@@ -192,6 +201,9 @@ class _Batches(torch.utils.data.IterableDataset):
         kw = dict(seed=c.seed, accum=c.optim.grad_accum, steps_per_epoch=self.steps_per_epoch,
                   length=c.data.view_length, risk_table=self.risk_table, vcfg=vcfg)
         micro = self.start_micro + wid
+        if c.data.order == "epoch":
+            yield from self._epochs(kw)
+            return
         it = self._records(wid, nw)
         if c.data.order == "global":
             # One reader per rank (make_batches caps DataLoader workers at 1). Global batch g is
@@ -211,6 +223,51 @@ class _Batches(torch.utils.data.IterableDataset):
             micro += nw
 
 
+    def _epochs(self, kw: dict):
+        """order="epoch": pass after pass, each shuffled by (seed, epoch); see the module doc."""
+        from clef_platform.loader import LoaderConfig, record_dataset
+
+        c, b = self.cfg, self.cfg.batch_per_worker
+        gb = b * self.world
+        spe, keep_last = epoch_plan(self.n_records, gb, self.world)
+        epoch = self.start_micro // spe
+        while True:
+            lc = LoaderConfig(url=c.data.data, split=c.data.split, mode="exact",
+                              shuffle_buffer=c.data.shuffle_buffer, seed=c.seed, epoch=epoch,
+                              rank=0, world_size=1, verify=c.data.verify,
+                              on_damage=c.data.on_damage)
+            g, buf = epoch * spe, []
+            for rec in record_dataset(lc, on_skip=self._damaged.append):
+                buf.append(rec)
+                if len(buf) == gb:
+                    if g >= self.start_micro:
+                        yield self._with_damage(collate(buf[self.rank * b:(self.rank + 1) * b],
+                                                        g, **kw))
+                    buf, g = [], g + 1
+            if buf and keep_last and g >= self.start_micro:
+                lo, hi = rank_slice(len(buf), self.world, self.rank)
+                yield self._with_damage(collate(buf[lo:hi], g, **kw))
+            epoch += 1
+
+
+def epoch_plan(n_records: int, global_batch: int, world: int) -> tuple[int, bool]:
+    """(optimiser steps per epoch, whether the last partial batch is kept) for order="epoch"."""
+    full, rest = divmod(n_records, global_batch)
+    keep = rest > 0 and rest // world >= 2
+    if full + keep == 0:
+        raise ValueError(f"an epoch of {n_records} records gives no batch of at least 2 "
+                         f"records per worker for {world} workers: use a smaller "
+                         f"--batch-per-worker or fewer --workers")
+    return full + keep, keep
+
+
+def rank_slice(n: int, world: int, rank: int) -> tuple[int, int]:
+    """[lo, hi) of rank's share of n records, as even as possible (earlier ranks get the extra)."""
+    base, extra = divmod(n, world)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
 def check_readers(cfg, n_shards: int) -> None:
     readers = cfg.cluster.workers * max(1, cfg.data.loader_workers)
     if n_shards < readers:
@@ -222,11 +279,12 @@ def check_readers(cfg, n_shards: int) -> None:
 
 
 def make_batches(cfg, rank: int, world: int, risk_table: RiskTable, vcfg: ViewConfig,
-                 start_micro: int, steps_per_epoch: int) -> Iterator[dict]:
-    """An endless iterator of this rank's micro-batches, starting at micro-batch `start_micro`."""
-    ds = _Batches(cfg, rank, world, risk_table, vcfg, start_micro, steps_per_epoch)
+                 start_micro: int, steps_per_epoch: int, n_records: int = 0) -> Iterator[dict]:
+    """An endless iterator of this rank's micro-batches, starting at micro-batch `start_micro`
+    (`n_records`: the split's records, for order="epoch")."""
+    ds = _Batches(cfg, rank, world, risk_table, vcfg, start_micro, steps_per_epoch, n_records)
     nw = max(0, cfg.data.loader_workers)
-    if cfg.data.order == "global":
+    if cfg.data.order in ("global", "epoch"):
         nw = min(nw, 1)
     loader = torch.utils.data.DataLoader(
         ds, batch_size=None, num_workers=nw, persistent_workers=False,
@@ -236,7 +294,8 @@ def make_batches(cfg, rank: int, world: int, risk_table: RiskTable, vcfg: ViewCo
 
 
 def write_trace(trace_dir: str, rank: int, step: int, micro: int, batch: dict,
-                risk: torch.Tensor, missing: torch.Tensor, loss: float) -> None:
+                risk: torch.Tensor, missing: torch.Tensor, loss: float,
+                views: torch.Tensor | None = None) -> None:
     """Debug trace of what reached the loss (keys, risk, missing): tests compare it with the
     RiskClient. Record keys appear only here, never in metrics."""
     d = Path(trace_dir)
@@ -244,7 +303,11 @@ def write_trace(trace_dir: str, rank: int, step: int, micro: int, batch: dict,
     with open(d / f"rank{rank}_step{step}_micro{micro}.json", "w") as f:
         json.dump({"rank": rank, "step": step, "micro": micro, "keys": batch["keys"],
                    "epoch": batch["epoch"], "risk": risk.detach().cpu().tolist(),
-                   "missing": missing.detach().cpu().tolist(), "loss": loss}, f)
+                   "missing": missing.detach().cpu().tolist(), "loss": loss,
+                   # per record: SHA-256 of its first view (tests: views change with the epoch)
+                   "view_sha256": None if views is None else [
+                       hashlib.sha256(v.detach().cpu().numpy().tobytes()).hexdigest()
+                       for v in views]}, f)
 
 
 def trace_event(trace_dir: str, rank: int, event: dict) -> None:

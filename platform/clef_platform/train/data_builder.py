@@ -24,6 +24,7 @@ class DataBuilderConfig:
     steps_per_epoch: int = 1
     risk_table: Any = None        # a RiskTable or the ObjectRef the driver put it under
     trace_dir: str | None = None  # test hook: damaged-data events
+    n_records: int = 0            # records of the training split (order="epoch")
 
 
 class Data:
@@ -37,7 +38,8 @@ class Data:
         table = D.resolve_risk_table(cfg.risk_table)
         self._it = D.make_batches(p, rank, world, table, self.vcfg,
                                   start_micro=start_step * p.optim.grad_accum,
-                                  steps_per_epoch=cfg.steps_per_epoch)
+                                  steps_per_epoch=cfg.steps_per_epoch,
+                                  n_records=cfg.n_records)
 
     def __iter__(self):
         return self

@@ -46,16 +46,24 @@ class EngineConfig:
     warmup_steps: int = 20
     total_steps: int = 200
     min_lr_ratio: float = 0.1
+    decay_all: bool = False           # weight decay on every parameter (recipe paper)
+    schedule: str = "warmup-cosine"   # or "cosine-restarts" (train/schedule.py)
+    steps_per_epoch: int = 1
+    restart_epochs: int = 10
+    restart_mult: int = 2
+    eta_min: float = 0.0
 
     @classmethod
-    def from_pretrain(cls, cfg) -> "EngineConfig":
+    def from_pretrain(cls, cfg, steps_per_epoch: int = 1) -> "EngineConfig":
         o = cfg.optim
         return cls(deepspeed=cfg.deepspeed.enabled, zero_stage=cfg.deepspeed.zero_stage,
                    bf16=cfg.bf16, use_gpu=cfg.use_gpu, micro_batch=cfg.batch_per_worker,
                    grad_accum=o.grad_accum, grad_clip=o.grad_clip, lr=o.lr,
                    weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps,
                    warmup_steps=o.warmup_steps, total_steps=cfg.steps,
-                   min_lr_ratio=o.min_lr_ratio)
+                   min_lr_ratio=o.min_lr_ratio, decay_all=o.decay_all, schedule=o.schedule,
+                   steps_per_epoch=steps_per_epoch, restart_epochs=o.restart_epochs,
+                   restart_mult=o.restart_mult, eta_min=o.eta_min)
 
 
 def deepspeed_config(cfg: EngineConfig) -> dict:
@@ -73,15 +81,25 @@ def deepspeed_config(cfg: EngineConfig) -> dict:
     }
 
 
-def build_optimizer(module: torch.nn.Module, cfg: EngineConfig):
-    """AdamW without weight decay on biases and norms, and the warmup+cosine schedule."""
+def param_groups(module: torch.nn.Module, cfg: EngineConfig) -> list[dict]:
+    """AdamW groups: by default no weight decay on biases and norms; `decay_all` decays every
+    trainable parameter (the release: AdamW(self.parameters()), lightning_contrastive.py:374)."""
     trainable = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [{"params": [p for p in trainable if p.ndim > 1], "weight_decay": cfg.weight_decay},
-         {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0}],
-        lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    if cfg.decay_all:
+        return [{"params": trainable, "weight_decay": cfg.weight_decay}]
+    return [{"params": [p for p in trainable if p.ndim > 1], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0}]
+
+
+def build_optimizer(module: torch.nn.Module, cfg: EngineConfig):
+    """AdamW over `param_groups` and the configured schedule (train/schedule.py)."""
+    optimizer = torch.optim.AdamW(param_groups(module, cfg), lr=cfg.lr, betas=cfg.betas,
+                                  eps=cfg.eps)
     return optimizer, build_scheduler(optimizer, cfg.warmup_steps, cfg.total_steps,
-                                      cfg.min_lr_ratio)
+                                      cfg.min_lr_ratio, schedule=cfg.schedule,
+                                      steps_per_epoch=cfg.steps_per_epoch,
+                                      restart_epochs=cfg.restart_epochs,
+                                      restart_mult=cfg.restart_mult, eta_min=cfg.eta_min)
 
 
 def _all_finite(tensors) -> bool:

@@ -16,8 +16,6 @@ from clef_model import save_encoder
 from clef_platform.digests import stable_hash
 from clef_platform.layout.export import TrainingData, write_export
 
-RECIPE = "platform"   # until a recipe option exists
-
 
 def dataset_url(url: str) -> str:
     """The dataset URL as given, local paths made absolute (the marker must name it anywhere)."""
@@ -41,7 +39,7 @@ def training_lineage(cfg) -> list[dict]:
 
 def marker_fields(cfg, lineage: list[dict]) -> dict:
     """The marker's lineage fields for a run of `cfg` (the loss is added per export)."""
-    return {"method": cfg.method, "scale": cfg.scale, "recipe": RECIPE,
+    return {"method": cfg.method, "scale": cfg.scale, "recipe": cfg.recipe,
             "config_digest": stable_hash(cfg.to_dict()),
             "training_data": tuple(TrainingData(**t) for t in lineage)}
 

@@ -41,6 +41,16 @@ def _all_ranks_finite(ok: bool) -> bool:
     return t.item() == 0
 
 
+def _mean_over_ranks(x: float) -> float:
+    import torch.distributed as dist
+
+    t = torch.tensor([x], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return float(t.item())
+
+
 def train_loop(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -52,6 +62,7 @@ def train_loop(loop_config: dict) -> None:
     from clef_platform.train.engine import EngineConfig, build_engine
     from clef_platform.train.metrics import MetricsSinkConfig, build_metrics_sink
     from clef_platform.train.objectives import build_module
+    from clef_platform.train.recipes import EarlyStopping
 
     # ---- config, rank, device, seeds -----------------------------------------------------
     cfg = PretrainConfig.from_dict(loop_config["cfg"])
@@ -66,7 +77,8 @@ def train_loop(loop_config: dict) -> None:
     trace_dir, nan_grad = loop_config.get("trace_dir"), loop_config.get("nan_grad")
 
     # ---- model, engine (optimiser, schedule) -----------------------------------------------
-    engine = build_engine(EngineConfig.from_pretrain(cfg), build_module(cfg), device, world)
+    spe = loop_config.get("steps_per_epoch", 1)
+    engine = build_engine(EngineConfig.from_pretrain(cfg, spe), build_module(cfg), device, world)
     model = engine.module
     model.attach_target(device)
 
@@ -77,9 +89,13 @@ def train_loop(loop_config: dict) -> None:
                                                       loop_config.get("resume_from")))
 
     # ---- data, metrics ---------------------------------------------------------------------
-    data = build_data(DataBuilderConfig(cfg, loop_config.get("steps_per_epoch", 1),
-                                        loop_config.get("risk_table"), trace_dir),
+    data = build_data(DataBuilderConfig(cfg, spe, loop_config.get("risk_table"), trace_dir,
+                                        loop_config.get("n_records", 0)),
                       rank, world, step)
+    # Early stopping on the epoch's mean training loss (recipe paper); its state is not in the
+    # checkpoint yet, so a resumed run counts patience afresh.
+    stopper = EarlyStopping(cfg.patience, cfg.patience_delta)
+    epoch_loss, epoch_steps = 0.0, 0
     sink = build_metrics_sink(MetricsSinkConfig(port=cfg.metrics.port,
                                                 log_every=cfg.metrics.log_every,
                                                 total_steps=cfg.steps,
@@ -106,7 +122,7 @@ def train_loop(loop_config: dict) -> None:
                 engine.backward(loss)
             loss_val = float(loss.detach())
             if trace_dir and step < loop_config.get("trace_steps", 0):
-                D.write_trace(trace_dir, rank, step, micro, batch, risk, missing, loss_val)
+                D.write_trace(trace_dir, rank, step, micro, batch, risk, missing, loss_val, v1)
             losses_finite &= math.isfinite(loss_val)
             loss_sum += loss_val
         if hook is not None:
@@ -127,9 +143,20 @@ def train_loop(loop_config: dict) -> None:
         report = sink.step(step=step, loss=loss_val, lr=engine.lr(), grad_norm=grad_norm,
                            step_s=time.perf_counter() - t0, wait_s=wait, device=device)
         report["damaged_skipped"] = data.damaged
+        epoch_loss, epoch_steps = epoch_loss + loss_val, epoch_steps + 1
+        stop = False
+        if step % spe == 0:   # an epoch ended: the same mean loss on every rank decides
+            mean = _mean_over_ranks(epoch_loss / epoch_steps)
+            stop = stopper.update(mean) and step < cfg.steps
+            report["epoch"], report["epoch_loss"] = step // spe, mean
+            if stop and rank == 0:
+                log.info("early stop after epoch %d: training loss %.5f has not improved on "
+                         "%.5f by %g for %d epochs", step // spe, mean, stopper.best,
+                         cfg.patience_delta, cfg.patience)
+            epoch_loss, epoch_steps = 0.0, 0
 
         # ---- checkpoint + export ------------------------------------------------------------
-        if ckpt.due(step):
+        if ckpt.due(step) or stop:
             with ckpt.save(engine, model, step) as folder:
                 with engine.full_params(model.encoder):   # ZeRO-3: gather on every rank
                     if rank == 0:
@@ -140,6 +167,8 @@ def train_loop(loop_config: dict) -> None:
                 with engine.full_params(model):
                     D.trace_event(trace_dir, rank, {"event": "checkpoint", "step": step,
                                                     "params_sha256": D.param_digest(model)})
+        if stop:
+            break
     sink.close()
     if rank == 0:
         log.info("finished %d steps", step)

@@ -206,7 +206,18 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
     table = D.fetch_risk_table(cfg.data.data, cfg.data.split,
                                cfg.data.features if cfg.method == "clef" or risk_client else "",
                                client=risk_client)
-    spe = D.steps_per_epoch(len(manifest), cfg.global_batch * cfg.optim.grad_accum)
+    from clef_platform.train import recipes
+
+    if cfg.data.order == "epoch":
+        spe, keep_last = D.epoch_plan(len(manifest), cfg.global_batch, cfg.cluster.workers)
+        log.info("an epoch: %d records in %d steps of global batch %d (last partial batch %s)",
+                 len(manifest), spe, cfg.global_batch, "kept" if keep_last or
+                 len(manifest) % cfg.global_batch == 0 else "left out: < 2 records per worker")
+    else:
+        spe = D.steps_per_epoch(len(manifest), cfg.global_batch * cfg.optim.grad_accum)
+    if cfg.epochs:
+        cfg.steps = cfg.epochs * spe      # the loop counts steps; an epoch is `spe` of them
+    log.info("%s", recipes.describe(cfg))
     # What the exports' markers name as training data: computed once here, not per worker.
     lineage = training_lineage(cfg)
 
@@ -223,6 +234,7 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg.to_dict(), "risk_table": table_ref, "steps_per_epoch": spe,
+                           "n_records": len(manifest),
                            "progress_board": board, "trace_dir": trace_dir,
                            "trace_steps": trace_steps, "resume_from": resume_from,
                            "lineage": lineage, **(loop_hooks or {})},
