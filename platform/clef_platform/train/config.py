@@ -246,10 +246,10 @@ class PretrainConfig:
         scale = given.get("scale") or yaml_d.get("scale") or "small"
         recipe = given.get("recipe") or yaml_d.get("recipe") or "scaled"
         cfg = cls.preset(scale)
+        recipes.apply_recipe(cfg, recipe)
+        apply_overrides(cfg, yaml_d)
+        apply_overrides(cfg, _unflatten(given))
         try:
-            recipes.apply_recipe(cfg, recipe)
-            apply_overrides(cfg, yaml_d)
-            apply_overrides(cfg, _unflatten(given))
             recipes.resolve(cfg, recipes.explicit_keys(yaml_d) | recipes.explicit_keys(
                 _unflatten(given)))
             return cfg.validate()
