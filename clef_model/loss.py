@@ -226,8 +226,9 @@ def make_target(online: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def momentum_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """EMA of the parameters, theta_t <- m theta_t + (1 - m) theta_o (BYOL tau = 0.996,
-    MoCo m = 0.999). Buffers (BatchNorm statistics) are left to the target's own forward passes,
+    """EMA of the parameters, theta_t <- m theta_t + (1 - m) theta_o. The platform's baselines
+    use m = 0.99 (config `momentum`); the release's, m = 0.996 (BYOL) and 0.999 (MoCo),
+    with `--baseline-variant paper`. Buffers (BatchNorm statistics) are left to the target's own forward passes,
     as in the MoCo reference code."""
     for pt, po in zip(target.parameters(), online.parameters(), strict=True):
         pt.mul_(momentum).add_(po.detach(), alpha=1.0 - momentum)

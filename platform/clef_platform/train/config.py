@@ -154,8 +154,15 @@ class PretrainConfig:
                                    "batch_per_worker x workers")
     seed: int = _f(0, "seed for initialisation and views (views depend on seed, record, epoch)")
     temperature: float = _f(0.07, "contrastive temperature")
-    moco_queue: int = _f(4096, "MoCo negatives queue length")
-    momentum: float = _f(0.99, "BYOL / MoCo target encoder EMA momentum")
+    baseline_variant: str = _f("platform", "byol / moco architecture: 'platform' (projector "
+                                           "heads, symmetrised MoCo, queue 4096, momentum 0.99) "
+                                           "or 'paper' (the release: no projector, one-direction "
+                                           "MoCo, queue 65536, momentum 0.999 / BYOL 0.996, "
+                                           "BatchNorm predictor d->d/2->d)",
+                               choices=["platform", "paper"])
+    moco_queue: int = _f(4096, "MoCo negatives queue length (paper variant: 65536 unless given)")
+    momentum: float = _f(0.99, "BYOL / MoCo target encoder EMA momentum (paper variant: 0.999 "
+                               "for moco, 0.996 for byol unless given)")
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -9,6 +9,14 @@ module and the loop stays method-agnostic:
           the optimised module, updated by `after_step`)
 - moco:   query projector; key = EMA copy; a `MoCoQueue` of negatives (updated once per step)
 
+`variant="paper"` (`--baseline-variant paper`) is the authors' release instead
+(clef/lightning/lightning_contrastive.py): no projector (the encoder's embedding is the feature);
+MoCo one direction (queries of view 1 against keys of view 2), queue 65,536, momentum 0.999; BYOL
+predictor Linear(d, d/2)-BatchNorm-ReLU-Linear(d/2, d), target momentum 0.996. The release enqueues
+each step's keys twice, the second time unnormalised (its _moco_loss enqueues, then training_step
+again); here they are enqueued once, normalised. Its EMA update runs before the step's target
+forward; here it runs after the optimiser step, which is the same sequence of target weights.
+
 The encoder is always `module.encoder`, a plain `Net1D`, so `clef_model.save_encoder` exports it.
 """
 
@@ -28,12 +36,21 @@ def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
                          nn.Linear(d_hidden, d_out))
 
 
+def _paper_predictor(d: int) -> nn.Sequential:
+    # The release's BYOL predictor (lightning_contrastive.py:91-96). BatchNorm statistics are
+    # per worker (no SyncBN), as on the release's one GPU with its whole batch.
+    return nn.Sequential(nn.Linear(d, d // 2), nn.BatchNorm1d(d // 2), nn.ReLU(),
+                         nn.Linear(d // 2, d))
+
+
 class PretrainModule(nn.Module):
     def __init__(self, scale: str, method: str, temperature: float = 0.07,
                  activation_checkpointing: bool = False, moco_queue: int = 4096,
-                 momentum: float = 0.99):
+                 momentum: float = 0.99, variant: str = "platform"):
         super().__init__()
-        self.method = method
+        if variant not in ("platform", "paper"):
+            raise ValueError(f"baseline variant must be platform or paper, got {variant!r}")
+        self.method, self.variant = method, variant
         self.temperature = temperature
         self.momentum = momentum
         self.moco_queue_size = moco_queue
@@ -45,7 +62,11 @@ class PretrainModule(nn.Module):
             if name in unused:
                 p.requires_grad_(False)
         d = self.encoder.embedding_dim
-        if method == "byol":
+        if variant == "paper" and method in ("byol", "moco"):
+            self.projector = nn.Identity()
+            if method == "byol":
+                self.predictor = _paper_predictor(d)
+        elif method == "byol":
             self.projector = _mlp(d, 2 * d, d)
             self.predictor = _mlp(d, 2 * d, d)
         elif method == "moco":
@@ -64,7 +85,8 @@ class PretrainModule(nn.Module):
         target = L.make_target(nn.Sequential(self.encoder, self.projector)).to(device)
         self._target = [target]
         if self.method == "moco":
-            dim = self.projector[-1].out_features
+            dim = (self.encoder.embedding_dim if isinstance(self.projector, nn.Identity)
+                   else self.projector[-1].out_features)
             self._queue = [L.MoCoQueue(dim, self.moco_queue_size).to(device)]
 
     def extra_state(self) -> dict:
@@ -113,17 +135,21 @@ class PretrainModule(nn.Module):
         if self.method == "byol":
             p = self.predictor(h).float()
             return L.byol_loss(p[:n], p[n:], t[:n], t[n:])
-        # moco: symmetrised, queries of one view against keys of the other
         q1, q2, k1, k2 = h[:n], h[n:], t[:n], t[n:]
         queue = self._queue[0]
-        loss = 0.5 * (L.moco_loss(q1, k2, queue, self.temperature)
-                      + L.moco_loss(q2, k1, queue, self.temperature))
         if not hasattr(self, "_pending_keys") or self._pending_keys is None:
             self._pending_keys = []
+        if self.variant == "paper":
+            # the release: one direction, q(view 1) against k(view 2); only k2 is enqueued
+            self._pending_keys.append(k2.detach())
+            return L.moco_loss(q1, k2, queue, self.temperature)
+        # platform: symmetrised, queries of one view against keys of the other
         self._pending_keys.append(torch.cat([k1, k2]).detach())
-        return loss
+        return 0.5 * (L.moco_loss(q1, k2, queue, self.temperature)
+                      + L.moco_loss(q2, k1, queue, self.temperature))
 
 
 def build_module(cfg) -> PretrainModule:
     return PretrainModule(cfg.scale, cfg.method, cfg.temperature,
-                          cfg.deepspeed.activation_checkpointing, cfg.moco_queue, cfg.momentum)
+                          cfg.deepspeed.activation_checkpointing, cfg.moco_queue, cfg.momentum,
+                          cfg.baseline_variant)

@@ -28,6 +28,10 @@ from clef_platform.train.config import apply_overrides
 # The release's global batch (configs/exp/exp_pretrain.yaml:4, one GPU): split over the workers.
 PAPER_GLOBAL_BATCH = 64
 
+# The release's baselines (clef/lightning/lightning_contrastive.py:73-74 and :88).
+PAPER_MOCO_QUEUE = 65536
+PAPER_MOMENTUM = {"moco": 0.999, "byol": 0.996}
+
 RECIPES: dict[str, dict[str, Any]] = {
     "scaled": {
         "optim": {"schedule": "warmup-cosine", "decay_all": False, "lr_scaling": "sqrt"},
@@ -103,6 +107,11 @@ def resolve(cfg, explicit: set[str]) -> None:
                              f"split over --workers {w}; use a divisor of {PAPER_GLOBAL_BATCH} "
                              f"or give --batch-per-worker")
         cfg.batch_per_worker = PAPER_GLOBAL_BATCH // w
+    if cfg.baseline_variant == "paper":   # lightning_contrastive.py:73-74, :88
+        if "moco_queue" not in explicit:
+            cfg.moco_queue = PAPER_MOCO_QUEUE
+        if "momentum" not in explicit and cfg.method in PAPER_MOMENTUM:
+            cfg.momentum = PAPER_MOMENTUM[cfg.method]
     if "optim.lr" not in explicit:
         cfg.optim.lr = cfg.optim.lr * lr_factor(cfg.optim.lr_scaling, effective_batch(cfg),
                                                 cfg.optim.reference_batch)
