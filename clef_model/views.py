@@ -50,8 +50,15 @@ class ViewConfig:
     mask_frac: tuple[float, float] = (0.1, 0.3)
     eps: float = 1e-6  # z-score guard for flat views
     seed: int = 0  # the run seed; record_seed mixes it with the record key and epoch
+    # "platform": the FFT band-pass above (batched, on the device); "paper": the release's
+    # band-pass, scipy filtfilt at its default padding (odd, 3 x 11 samples) row by row on the
+    # CPU in float64 (clef/data/contrastive_dataloader.py:37-50 of the release): slower, and
+    # different from the platform's near the window edges (docs/reproducing.md).
+    profile: str = "platform"
 
     def __post_init__(self):
+        if self.profile not in ("platform", "paper"):
+            raise ValueError(f"view profile must be 'platform' or 'paper', not {self.profile!r}")
         if len(self.noise_kinds) != len(self.noise_probs):
             raise ValueError("noise_kinds and noise_probs differ in length")
         bad = set(self.noise_kinds) - set(NOISE_KINDS)
@@ -176,6 +183,8 @@ def _bandpass_rows(flat: torch.Tensor, starts: torch.Tensor, cfg: ViewConfig, ou
     n_rows = starts.numel()
     if n_rows == 0:
         return out
+    if cfg.profile == "paper":
+        return _filtfilt_rows(flat, starts, cfg, out)
     pad, right, n_fft, h2, resp, cols = _filter_consts(length, float(cfg.fs), tuple(cfg.band),
                                                        cfg.butter_order, float(cfg.pad_s), str(dev))
     windows = flat.as_strided((flat.numel() - length + 1, length), (1, 1))
@@ -205,6 +214,18 @@ def _bandpass_rows(flat: torch.Tensor, starts: torch.Tensor, cfg: ViewConfig, ou
         oc = out[s:e]
         oc.copy_(fc[:, pad:pad + length])
         oc.addmm_(u, resp)
+    return out
+
+
+def _filtfilt_rows(flat: torch.Tensor, starts: torch.Tensor, cfg: ViewConfig, out: torch.Tensor):
+    """The `paper` profile: scipy's filtfilt with its default padding on each window."""
+    from scipy.signal import butter, filtfilt
+
+    b, a = butter(cfg.butter_order, [cfg.band[0], cfg.band[1]], btype="band", fs=cfg.fs)
+    x = flat.detach().to("cpu", torch.float64).numpy()
+    idx = starts.to("cpu").numpy()[:, None] + np.arange(cfg.length)[None, :]
+    y = filtfilt(b, a, x[idx], axis=-1)
+    out.copy_(torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).to(out.device))
     return out
 
 

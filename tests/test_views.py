@@ -22,6 +22,8 @@ LUDB = os.path.join(ROOT, "data", "ludb", "data")
 @pytest.fixture(scope="module")
 def ludb():
     """The first 48 LUDB records as [N, 12, 5000] float32 mV in canonical lead order, keys."""
+    from pathlib import Path
+
     import wfdb
 
     hea = sorted(glob.glob(os.path.join(LUDB, "*.hea")), key=lambda p: int(os.path.basename(p)[:-4]))
@@ -311,6 +313,8 @@ def test_fresh_noise_mode_is_deterministic(ludb):
 def test_real_noise_records_from_a_path(tmp_path, ludb):
     """NSTDB-style WFDB records (written here from synthetic data at 360 Hz) are resampled to
     500 Hz and used for the views."""
+    from pathlib import Path
+
     import wfdb
 
     fs_in, secs = 360, 60
@@ -368,3 +372,28 @@ def test_make_views_is_the_z_scored_view_parts(ludb):
         p = view_parts(x[:24], mask, s, cfg).views.double()
         z = (p - p.mean(-1, keepdim=True)) / (p.std(-1, unbiased=False, keepdim=True) + cfg.eps)
         torch.testing.assert_close(torch.stack([v1[:, 0], v2[:, 0]]).double(), z, rtol=0, atol=1e-4)
+
+
+def test_paper_profile_bandpass_equals_scipy_filtfilt_default_padding_on_ludb():
+    """View profile `paper`: the release's band-pass (scipy filtfilt, default padding) on real
+    LUDB windows, equal to float32 rounding; the platform's FFT band-pass is not (edges)."""
+    from pathlib import Path
+
+    import wfdb
+    from scipy.signal import butter, filtfilt
+
+    from clef_model.views import ViewConfig, bandpass
+
+    root = Path(__file__).resolve().parents[1] / "data" / "ludb" / "data"
+    x = np.concatenate([wfdb.rdrecord(str(root / str(i))).p_signal.T for i in (1, 7, 42)])
+    x = x.astype(np.float32)                          # [36, 5000] mV, every lead
+    nyq = 0.5 * 500.0                                 # as the release writes it
+    b, a = butter(5, [0.67 / nyq, 40.0 / nyq], btype="band")
+    ref = filtfilt(b, a, x.astype(np.float64), axis=-1)
+    got = bandpass(torch.from_numpy(x), ViewConfig(profile="paper")).numpy()
+    scale = np.abs(ref).max(axis=1, keepdims=True)
+    assert np.abs(got - ref).max() <= 2 * np.finfo(np.float32).eps * scale.max()
+    np.testing.assert_allclose(got, ref.astype(np.float32), rtol=0, atol=1e-6 * scale.max())
+    fft = bandpass(torch.from_numpy(x), ViewConfig()).numpy()
+    rel = np.sqrt(((fft - ref) ** 2).mean(1)) / np.sqrt((ref ** 2).mean(1))
+    assert np.median(rel) > 0.01                     # the default profile really differs

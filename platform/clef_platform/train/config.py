@@ -89,6 +89,10 @@ class DataConfig:
                                  "step, on the GPU when there is one) or 'loader' (in DataLoader "
                                  "worker processes)", choices=["device", "loader"])
     view_length: int = _f(5000, "samples per view (500 Hz; CLEF uses 5000 = 10 s)")
+    view_profile: str = _f("platform", "'platform': the batched FFT band-pass; 'paper': the "
+                                       "release's scipy filtfilt band-pass (default padding, "
+                                       "CPU); noise stays the platform's (docs/reproducing.md)",
+                           choices=["platform", "paper"])
     verify: str = _f("shards", "what reads check: 'shards' (each shard's size, SHA-256 and record "
                                "count against the dataset's index, ~one hash pass over the data), "
                                "'records' (also each record's signal SHA-256), 'none'",

@@ -34,7 +34,12 @@ class Data:
         p = cfg.pretrain
         self.rank, self.trace_dir, self.step = rank, cfg.trace_dir, start_step
         self.damaged = 0          # shards/records skipped by the loader (data.on_damage=skip)
-        self.vcfg = ViewConfig(length=p.data.view_length, seed=p.seed)
+        self.vcfg = ViewConfig(length=p.data.view_length, seed=p.seed,
+                               profile=p.data.view_profile)
+        if p.data.view_profile == "paper" and rank == 0:
+            log.info("view profile paper: the release's filtfilt band-pass; noise is the "
+                     "platform's synthetic models (the release's recorded-noise .mat file is "
+                     "not supported)")
         table = D.resolve_risk_table(cfg.risk_table)
         self._it = D.make_batches(p, rank, world, table, self.vcfg,
                                   start_micro=start_step * p.optim.grad_accum,
