@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus gauges on 127.0.0.1:PORT")
     p.add_argument("--n-bootstrap", type=int, default=1000)
+    p.add_argument("--lead", default=None,
+                   help="score every task on this lead (I, II, ..., V6) instead of each task's "
+                        "own (I unless the task says otherwise; the paper's text says I, the "
+                        "release's code uses II); the lead is part of every result's key")
     return p
 
 
@@ -88,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     from clef_platform.evaluate.metrics import EvalMetrics
     from clef_platform.evaluate.passes import EvalConfig, evaluate_pass
     from clef_platform.evaluate.probes import ProbeConfig
-    from clef_platform.evaluate.tasks import TASKS_DIR, TaskError, load_tasks
+    from clef_platform.evaluate.tasks import TASKS_DIR, TaskError, load_tasks, with_lead
     from clef_platform.evaluate.watch import watch
 
     try:
-        tasks = load_tasks(a.tasks, a.tasks_dir or TASKS_DIR)
+        tasks = with_lead(load_tasks(a.tasks, a.tasks_dir or TASKS_DIR), a.lead)
     except TaskError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -100,3 +100,27 @@ def test_malformed_tasks_are_refused():
 
     other = dataclasses.replace(t, label=dataclasses.replace(t.label, positive=("F",)))
     assert ProbeConfig().hash(t, "v") != ProbeConfig().hash(other, "v")
+
+
+def test_lead_option_moves_every_task_and_changes_its_key():
+    """`jobs/evaluate.py --lead II` (the release's code) scores every task on lead II: the lead
+    is in the task fingerprint, so its results get their own keys; a bad lead is one line."""
+    import subprocess
+    import sys
+
+    from clef_platform.evaluate.passes import EvalConfig, config_hash
+    from clef_platform.evaluate.tasks import with_lead
+
+    tasks = load_tasks()
+    moved = with_lead(tasks, "II")
+    assert {t.lead for t in tasks} == {"I"} and {t.lead for t in moved} == {"II"}
+    assert all(t.lead_index == 1 for t in moved)
+    cfg = EvalConfig(run_url="unused", tasks=tasks, data_root="unused")
+    assert all(config_hash(cfg, a) != config_hash(cfg, b) for a, b in zip(tasks, moved))
+    assert with_lead(tasks, None) == tasks
+    with pytest.raises(TaskError, match="--lead 'X2'"):
+        with_lead(tasks, "X2")
+    r = subprocess.run([sys.executable, "jobs/evaluate.py", "--run", "unused", "--lead", "X2"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: --lead 'X2'")

@@ -69,6 +69,7 @@ def render_report(df: pd.DataFrame, report_url: str, tasks=(), run_url: str = ""
     store = open_store(report_url)
     names = sorted(set(df["task"]) | {t.name for t in tasks})
     desc = {t.name: t.description for t in tasks}
+    leads = {t.name: t.lead for t in tasks}
     rows_html, figs_html = [], []
     for name in names:
         d = df[df["task"] == name]
@@ -77,7 +78,7 @@ def render_report(df: pd.DataFrame, report_url: str, tasks=(), run_url: str = ""
         base = base.sort_values("created_at").groupby("checkpoint").tail(1)
         if not len(d):
             why = "dataset not ingested" if name in missing else "no results yet"
-            rows_html.append(f"<tr><td>{html.escape(name)}</td><td colspan=7>{why}</td></tr>")
+            rows_html.append(f"<tr><td>{html.escape(name)}</td><td colspan=8>{why}</td></tr>")
             continue
         metric = d["metric"].iloc[0]
         if len(exports) or len(base):
@@ -92,7 +93,9 @@ def render_report(df: pd.DataFrame, report_url: str, tasks=(), run_url: str = ""
         classes = json.loads(latest["classes"] or "[]")
         rows_html.append(
             "<tr>" + "".join(f"<td>{c}</td>" for c in [
-                html.escape(name), html.escape(metric.upper()),
+                html.escape(name),
+                html.escape(f"{latest['protocol']}, lead {leads.get(name, '?')}"),
+                html.escape(metric.upper()),
                 "-" if latest["kind"] != "export" else int(latest["step"]),
                 html.escape(_fmt(latest)), bl, int(latest["n_test"]),
                 int(latest["n_excluded_leakage"]),
@@ -116,7 +119,7 @@ figure{{display:inline-block;margin:8px}}img{{max-width:640px}}</style></head><b
 <p>Run: <code>{html.escape(run_url)}</code>. Metrics: macro AUROC (higher is better), MAE
 (lower is better); intervals are 95% patient-level bootstrap percentile intervals.</p>
 <h2>Latest figures</h2>
-<table><tr><th>task</th><th>metric</th><th>step</th><th>latest checkpoint</th>
+<table><tr><th>task</th><th>protocol, lead</th><th>metric</th><th>step</th><th>latest checkpoint</th>
 <th>baselines</th><th>n scored</th><th>excluded (leakage)</th><th>labels</th></tr>
 {''.join(rows_html)}
 </table>

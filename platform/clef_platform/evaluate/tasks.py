@@ -12,6 +12,7 @@ then in the record itself (record_id, patient_id, split, ...).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -231,6 +232,16 @@ def load_task(path: str | Path) -> TaskSpec:
     with open(path) as f:
         d = yaml.safe_load(f)
     return task_from_dict(d, source_file=str(path.resolve()))
+
+
+def with_lead(tasks: list[TaskSpec], lead: str | None) -> list[TaskSpec]:
+    """Every task on `lead` (`jobs/evaluate.py --lead`); the lead is part of each task's
+    fingerprint, so results on another lead get their own keys. None keeps each task's own."""
+    if lead is None:
+        return list(tasks)
+    if lead not in LEADS:
+        raise TaskError(f"--lead {lead!r}: not a lead; expected one of {', '.join(LEADS)}")
+    return [dataclasses.replace(t, lead=lead) for t in tasks]
 
 
 def load_tasks(names: Iterable[str] | None = None,
