@@ -106,7 +106,7 @@ def test_sigkilled_worker_falls_back_past_a_planted_checkpoint_then_resume(ludb_
     assert {s: export_files(run, s) for s in (3, 6)} == killed["exports"]
     m = read_marker(exports[8])
     ds = open_dataset(ludb_train_data["data"])
-    assert (m.method, m.scale, m.recipe, m.step) == ("clef", "small", "platform", 8)
+    assert (m.method, m.scale, m.recipe, m.step) == ("clef", "small", "scaled", 8)
     assert len(m.training_data) == 1
     td = m.training_data[0]
     assert (td.url, td.split, td.dataset_digest, td.records) == (
