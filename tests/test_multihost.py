@@ -83,3 +83,52 @@ def test_bed_up_and_teardown_leaves_nothing():
     assert _root_links() == links_before
     assert testbed.processes_in(inodes) == []
     assert [p for p in pids if testbed.alive(p)] == []
+
+
+# ---- the shared bed of the later tests ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bed():
+    b = testbed.Bed(testbed.BedConfig(workers=2))
+    b.up()
+    b.s3("head", "s3.create_bucket(Bucket='clef')")
+    try:
+        yield b
+    finally:
+        b.down()
+
+
+def _find(node, key):
+    """Every value stored under `key` anywhere in a JSON document."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == key:
+                yield v
+            yield from _find(v, key)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _find(v, key)
+
+
+def test_pretraining_one_worker_per_host_records_their_addresses(bed):
+    ingest = bed.submit(["python", "jobs/ingest.py", "--corpus", "ludb", "--source", "data/ludb",
+                         "--dest", "s3://clef/datasets/ludb", "--shard-bytes", "1000000",
+                         "--workers", "2", "--cpus-per-worker", "0.5", "--no-progress"],
+                        "ingest-ludb")
+    assert ingest.returncode == 0, (ingest.stdout + ingest.stderr)[-4000:]
+    train = bed.submit(["python", "jobs/pretrain.py", "--scale", "small", "--method", "simclr",
+                        "--no-deepspeed", "--data", "s3://clef/datasets/ludb",
+                        "--storage", "s3://clef/runs", "--run-name", "two-hosts",
+                        "--workers", "2", "--placement", "STRICT_SPREAD",
+                        "--cpus-per-worker", "1", "--batch-per-worker", "4", "--steps", "2",
+                        "--checkpoint-every", "2", "--data.loader_workers", "1"],
+                       "pretrain-two-hosts")
+    assert train.returncode == 0, (train.stdout + train.stderr)[-4000:]
+    # the run's checkpoint record on S3 names the hosts its ranks ran on: one per worker host
+    snap = json.loads(bed.s3("w1", "print(s3.get_object(Bucket='clef', Key='runs/two-hosts/"
+                                   "checkpoint_manager_snapshot.json')['Body'].read().decode())"))
+    workers = next(_find(snap, "workers"))
+    assert sorted(workers) == sorted([bed.hosts["w1"].address, bed.hosts["w2"].address])
+    keys = bed.s3("w2", "r = s3.list_objects_v2(Bucket='clef', Prefix='runs/two-hosts/exports/');"
+                        "print('\\n'.join(o['Key'] for o in r.get('Contents', [])))").split()
+    assert any(k.endswith("step_2/_COMPLETE") for k in keys), keys

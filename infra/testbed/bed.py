@@ -163,7 +163,8 @@ class Host:
 class BedConfig:
     workers: int = 2                 # Ray worker hosts that join at start
     standby: int = 0                 # extra hosts with nothing running (for host-loss tests)
-    cpus_per_host: int = 2           # Ray logical CPUs per host (2 cores shared by all hosts)
+    cpus_per_host: int = 2           # Ray logical CPUs per worker host (2 cores shared by all)
+    head_cpus: int = 0               # the head keeps the GCS and drivers; work goes to workers
     tmpfs_size: str = "2g"
     log_dir: Path = Path("/tmp/clefbed-logs")   # on the machine, outside every host
 
@@ -341,7 +342,7 @@ class Bed:
         self.spawn("head", "ray", [
             "ray", "start", "--head", "--block", f"--node-ip-address={h.address}",
             f"--port={RAY_PORT}", f"--dashboard-host={h.address}",
-            f"--dashboard-port={DASHBOARD_PORT}", f"--num-cpus={self.cfg.cpus_per_host}",
+            f"--dashboard-port={DASHBOARD_PORT}", f"--num-cpus={self.cfg.head_cpus}",
             "--disable-usage-stats"])
 
     def start_ray_worker(self, name: str) -> None:
@@ -390,6 +391,19 @@ class Bed:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(nodes)} of {n} Ray nodes after {timeout:.0f} s")
             time.sleep(2)
+
+    def submit(self, argv: list[str], submission_id: str, timeout: float = 900,
+               host: str = "head") -> subprocess.CompletedProcess:
+        """`ray job submit --working-dir . -- argv` to the head's dashboard, run from `host`
+        (the command a user runs); waits for the job and returns the CLI's outcome."""
+        return self.exec(host, ["ray", "job", "submit", "--address", self.dashboard_url,
+                                "--submission-id", submission_id, "--working-dir", str(ROOT),
+                                "--", *argv], timeout=timeout, check=False)
+
+    def s3(self, host: str, code: str) -> str:
+        """Run Python `code` with `s3` (a boto3 client of the bed's S3) on `host`; its stdout."""
+        return self.exec(host, ["python", "-c", "import boto3, json\n"
+                                "s3 = boto3.client('s3')\n" + code]).stdout
 
     def stop_host(self, name: str, sig: int = signal.SIGTERM) -> list[int]:
         """Every process of the host except its keeper, by PID (SIGKILL: a lost host)."""

@@ -58,6 +58,13 @@ def train_loop(loop_config: dict) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # Every rank's host address, in rank order, goes into each report: the run's checkpoint
+    # record (Ray's snapshot) then says which hosts trained it (and, after a lost host, where
+    # the run went on).
+    workers = [ray.util.get_node_ip_address()] * world
+    if world > 1:
+        import torch.distributed as dist
+        dist.all_gather_object(workers, workers[0])
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
     torch.manual_seed(cfg.seed)  # same init on every rank (DeepSpeed/DDP also broadcast rank 0)
     random.seed(cfg.seed + rank)
@@ -127,6 +134,7 @@ def train_loop(loop_config: dict) -> None:
         report = sink.step(step=step, loss=loss_val, lr=engine.lr(), grad_norm=grad_norm,
                            step_s=time.perf_counter() - t0, wait_s=wait, device=device)
         report["damaged_skipped"] = data.damaged
+        report["workers"] = workers
 
         # ---- checkpoint + export ------------------------------------------------------------
         if ckpt.due(step):
