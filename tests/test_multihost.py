@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -89,7 +90,8 @@ def test_bed_up_and_teardown_leaves_nothing():
 
 @pytest.fixture(scope="module")
 def bed():
-    b = testbed.Bed(testbed.BedConfig(workers=2))
+    # three worker hosts: two train, the third is the standby a lost host's worker moves to
+    b = testbed.Bed(testbed.BedConfig(workers=3))
     b.up()
     b.s3("head", "s3.create_bucket(Bucket='clef')")
     try:
@@ -110,6 +112,28 @@ def _find(node, key):
             yield from _find(v, key)
 
 
+def _worker_addresses(bed) -> set[str]:
+    return {h.address for n, h in bed.hosts.items() if n.startswith("w")}
+
+
+def _reports(snap) -> list[dict]:
+    """The training reports in a checkpoint record (dicts with the loop's figures)."""
+    out = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "workers" in node and "step" in node:
+                out.append(node)
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(snap)
+    return sorted(out, key=lambda r: r["step"])
+
+
 def test_pretraining_one_worker_per_host_records_their_addresses(bed):
     ingest = bed.submit(["python", "jobs/ingest.py", "--corpus", "ludb", "--source", "data/ludb",
                          "--dest", "s3://clef/datasets/ludb", "--shard-bytes", "1000000",
@@ -128,7 +152,76 @@ def test_pretraining_one_worker_per_host_records_their_addresses(bed):
     snap = json.loads(bed.s3("w1", "print(s3.get_object(Bucket='clef', Key='runs/two-hosts/"
                                    "checkpoint_manager_snapshot.json')['Body'].read().decode())"))
     workers = next(_find(snap, "workers"))
-    assert sorted(workers) == sorted([bed.hosts["w1"].address, bed.hosts["w2"].address])
+    assert len(set(workers)) == 2 and set(workers) <= _worker_addresses(bed)
     keys = bed.s3("w2", "r = s3.list_objects_v2(Bucket='clef', Prefix='runs/two-hosts/exports/');"
                         "print('\\n'.join(o['Key'] for o in r.get('Contents', [])))").split()
     assert any(k.endswith("step_2/_COMPLETE") for k in keys), keys
+
+
+def _train_hosts(bed) -> list[str]:
+    """Hosts with a Ray Train worker process running."""
+    found = []
+    for name, h in bed.hosts.items():
+        for pid in testbed.namespace_pids(h.ns):
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+            except FileNotFoundError:
+                continue
+            if b"RayTrainWorker" in cmd:
+                found.append(name)
+                break
+    return found
+
+
+def test_worker_host_lost_during_pretraining_resumes_on_the_standby(bed):
+    # runs after the two-host test, whose ingest left s3://clef/datasets/ludb
+    steps, every = 30, 5
+    submit = bed.spawn("head", "submit-loss", [
+        "ray", "job", "submit", "--address", bed.dashboard_url, "--submission-id", "host-loss",
+        "--working-dir", str(testbed.ROOT), "--", "python", "jobs/pretrain.py", "--scale",
+        "small", "--method", "simclr", "--no-deepspeed", "--data", "s3://clef/datasets/ludb",
+        "--storage", "s3://clef/runs", "--run-name", "host-loss", "--workers", "2",
+        "--placement", "STRICT_SPREAD", "--cpus-per-worker", "1", "--batch-per-worker", "4",
+        "--steps", str(steps), "--checkpoint-every", str(every), "--data.loader_workers", "1",
+        "--max-failures", "2"])
+    victim = None
+    try:
+        # wait for the first registered checkpoint, then lose one of the two training hosts
+        marker = f"runs/host-loss/exports/step_{every}/_COMPLETE"
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline and submit.poll() is None:
+            keys = bed.s3("w1", "r = s3.list_objects_v2(Bucket='clef', Prefix='runs/host-loss/');"
+                                "print('\\n'.join(o['Key'] for o in r.get('Contents', [])))")
+            if marker in keys.split():
+                break
+            time.sleep(2)
+        assert submit.poll() is None, bed.log("head", "submit-loss")[-3000:]
+        before = _train_hosts(bed)
+        assert len(before) == 2, before
+        victim = before[1]
+        killed = bed.stop_host(victim, signal.SIGKILL)
+        assert killed
+        assert submit.wait(timeout=600) == 0, bed.log("head", "submit-loss")[-4000:]
+    finally:
+        if submit.poll() is None:
+            submit.kill()
+        if victim is not None:           # restore the bed for the tests after this one
+            bed.wipe_tmp(victim)
+            bed.start_ray_worker(victim)
+            bed.wait_nodes(4)
+    snap = json.loads(bed.s3("w1", "print(s3.get_object(Bucket='clef', Key='runs/host-loss/"
+                                   "checkpoint_manager_snapshot.json')['Body'].read().decode())"))
+    last = _reports(snap)[-1]
+    standby = _worker_addresses(bed) - {bed.hosts[h].address for h in before}
+    # finished with its step count, on the surviving host and the standby, resumed from a
+    # registered checkpoint (not from step 0)
+    assert last["step"] == steps
+    assert set(last["workers"]) == standby | {bed.hosts[before[0]].address}
+    assert bed.hosts[victim].address not in last["workers"]
+    assert last["resumed_from"] >= every and last["resumed_from"] % every == 0
+    # the schedule is intact: the last step's learning rate is the schedule's value at that step
+    from clef_platform.train.config import PretrainConfig
+    from clef_platform.train.schedule import warmup_cosine
+    cfg = PretrainConfig.preset("small")
+    want = cfg.optim.lr * warmup_cosine(steps, cfg.optim.warmup_steps, steps, cfg.optim.min_lr_ratio)
+    assert abs(last["lr"] - want) <= 1e-9 + 1e-6 * want, (last["lr"], want)

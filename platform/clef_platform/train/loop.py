@@ -92,6 +92,7 @@ def train_loop(loop_config: dict) -> None:
                                                 total_steps=cfg.steps,
                                                 global_batch=cfg.global_batch, grad_accum=accum),
                               rank, world, loop_config.get("progress_board"))
+    resumed_from = step             # in every report: where this worker group started
     if step:
         sink.checkpointed(step)
     if trace_dir:  # debugging / tests: who ran (PIDs survive in the file across restarts)
@@ -135,6 +136,7 @@ def train_loop(loop_config: dict) -> None:
                            step_s=time.perf_counter() - t0, wait_s=wait, device=device)
         report["damaged_skipped"] = data.damaged
         report["workers"] = workers
+        report["resumed_from"] = resumed_from
 
         # ---- checkpoint + export ------------------------------------------------------------
         if ckpt.due(step):
