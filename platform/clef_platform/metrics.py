@@ -47,9 +47,13 @@ class IngestMetrics:
 
 
 class MetricsServer:
-    """`start_http_server` bound to 127.0.0.1; stop() shuts it down (tests run many jobs)."""
+    """`start_http_server` bound to `addr` or CLEF_BIND_ADDRESS (127.0.0.1 by default,
+    `clef_platform.netbind`); stop() shuts it down (tests run many jobs)."""
 
-    def __init__(self, registry: CollectorRegistry, port: int, addr: str = "127.0.0.1") -> None:
+    def __init__(self, registry: CollectorRegistry, port: int, addr: str | None = None) -> None:
+        from clef_platform.netbind import bind_address
+
+        addr = addr or bind_address()
         self._server: Any
         self._server, self._thread = start_http_server(port, addr=addr, registry=registry)
         self.port = self._server.server_port

@@ -37,8 +37,12 @@ class EvalMetrics:
         self.last_pass = Gauge("clef_eval_last_pass_timestamp_seconds",
                                "Unix time the last pass finished", registry=r)
 
-    def serve(self, port: int, addr: str = "127.0.0.1"):
+    def serve(self, port: int, addr: str | None = None):
         from prometheus_client import start_http_server
+
+        from clef_platform.netbind import bind_address
+
+        addr = addr or bind_address()        # CLEF_BIND_ADDRESS; 127.0.0.1 by default
 
         return start_http_server(port, addr=addr, registry=self.registry)
 

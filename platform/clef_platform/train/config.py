@@ -117,6 +117,16 @@ class ClusterConfig:
     address: str = _f("", "Ray address to join; empty = RAY_ADDRESS or the running cluster, "
                           "'local' = always start a private one")
     max_failures: int = _f(3, "worker-group restarts Ray Train attempts after a failure")
+    # Multi-host (docs/cluster.md): where the workers go, and which interface gloo/NCCL use.
+    placement: str = _f("PACK", "worker placement: PACK (fill a host first), SPREAD (across "
+                                "hosts when possible), STRICT_SPREAD (one worker per host)",
+                        choices=["PACK", "SPREAD", "STRICT_SPREAD"])
+    socket_ifname: str = _f("", "network interface for gloo/NCCL (GLOO_SOCKET_IFNAME, "
+                                "NCCL_SOCKET_IFNAME); empty = the interface that carries each "
+                                "host's Ray address")
+
+
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_SPREAD")   # Ray placement-group strategies
 
 
 @dataclass
@@ -210,6 +220,9 @@ class PretrainConfig:
                             ("optim.grad_accum", self.optim.grad_accum)):
             if value < 1:
                 errors.append(f"{name} must be >= 1, got {value}")
+        if self.cluster.placement not in PLACEMENTS:
+            errors.append(f"cluster.placement must be one of {PLACEMENTS}, "
+                          f"got {self.cluster.placement!r}")
         if self.deepspeed.zero_stage not in (0, 1, 2, 3):
             errors.append("deepspeed.zero_stage must be 0-3")
         if self.method in ("byol", "moco") and self.deepspeed.enabled and self.deepspeed.zero_stage == 3:
@@ -368,6 +381,7 @@ _ALIASES = {
     "cluster.cpus_per_worker": ["--cpus-per-worker"],
     "cluster.address": ["--address"],
     "cluster.max_failures": ["--max-failures"],
+    "cluster.placement": ["--placement"],
     "metrics.port": ["--metrics-port"],
     "deepspeed.zero_stage": ["--zero-stage"],
     "deepspeed.precision": ["--precision"],

@@ -69,6 +69,13 @@ def train_loop(loop_config: dict) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # Every rank's host address, in rank order, goes into each report: the run's checkpoint
+    # record (Ray's snapshot) then says which hosts trained it (and, after a lost host, where
+    # the run went on).
+    workers = [ray.util.get_node_ip_address()] * world
+    if world > 1:
+        import torch.distributed as dist
+        dist.all_gather_object(workers, workers[0])
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
     torch.manual_seed(cfg.seed)  # same init on every rank (DeepSpeed/DDP also broadcast rank 0)
     random.seed(cfg.seed + rank)
@@ -101,6 +108,7 @@ def train_loop(loop_config: dict) -> None:
                                                 total_steps=cfg.steps,
                                                 global_batch=cfg.global_batch, grad_accum=accum),
                               rank, world, loop_config.get("progress_board"))
+    resumed_from = step             # in every report: where this worker group started
     if step:
         sink.checkpointed(step)
     if trace_dir:  # debugging / tests: who ran (PIDs survive in the file across restarts)
@@ -154,6 +162,8 @@ def train_loop(loop_config: dict) -> None:
                          "%.5f by %g for %d epochs", step // spe, mean, stopper.best,
                          cfg.patience_delta, cfg.patience)
             epoch_loss, epoch_steps = 0.0, 0
+        report["workers"] = workers
+        report["resumed_from"] = resumed_from
 
         # ---- checkpoint + export ------------------------------------------------------------
         if ckpt.due(step) or stop:

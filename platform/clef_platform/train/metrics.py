@@ -52,14 +52,17 @@ class TrainMetrics:
     def serve(self, base_port: int) -> int | None:
         if not base_port:
             return None
+        from clef_platform.netbind import bind_address
+
         port = base_port + self.rank
+        addr = bind_address()          # CLEF_BIND_ADDRESS: 127.0.0.1 unless scraped across hosts
         try:
-            self._server, _ = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+            self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
         except OSError as e:  # a port clash must never kill training
             log.warning("rank %d: Prometheus port %d unavailable (%s); metrics not served",
                         self.rank, port, e)
             return None
-        log.info("rank %d: Prometheus metrics on http://127.0.0.1:%d/metrics", self.rank, port)
+        log.info("rank %d: Prometheus metrics on http://%s:%d/metrics", self.rank, addr, port)
         return port
 
     def close(self) -> None:

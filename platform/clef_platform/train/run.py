@@ -174,6 +174,7 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
 
     from clef_platform.layout.export import list_exports, run_url
     from clef_platform.train import data as D
+    from clef_platform.train.cluster_net import ClusterTorchConfig
     from clef_platform.train.export import training_lineage
     from clef_platform.train.loop import train_loop
     from clef_platform.train.metrics import ProgressBoard, ProgressLogger
@@ -239,7 +240,9 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
                            "trace_steps": trace_steps, "resume_from": resume_from,
                            "lineage": lineage, **(loop_hooks or {})},
         scaling_config=ScalingConfig(num_workers=cfg.cluster.workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     placement_strategy=cfg.cluster.placement),
+        torch_config=ClusterTorchConfig(socket_ifname=cfg.cluster.socket_ifname),
         run_config=RunConfig(
             name=cfg.checkpoint.run_name, storage_path=storage_path,
             storage_filesystem=fs if cfg.checkpoint.storage.startswith("s3://") else None,

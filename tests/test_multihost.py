@@ -1,0 +1,227 @@
+"""The platform across separate hosts: the test bed of infra/testbed (network namespaces on one
+bridge, each host with its own address and private /tmp), with a real Ray cluster, a moto S3
+server and redis-server each on their own host.
+
+Order matters and is kept by the file: the bed's own up/teardown test runs first with a bed of
+its own; the later tests share one bed (module fixture). Needs root; skips with the reason
+otherwise (CI runs as root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from infra.testbed import bed as testbed
+
+REASON = testbed.unavailable_reason()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+
+
+def _root_links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+def test_bed_up_and_teardown_leaves_nothing():
+    # A crashed earlier bed: a namespace of the bed's prefix with a process still inside.
+    subprocess.run(["ip", "netns", "add", testbed.PREFIX + "stale"], check=True)
+    stale = subprocess.Popen(["ip", "netns", "exec", testbed.PREFIX + "stale", "sleep", "600"],
+                             start_new_session=True)
+    links_before = _root_links()
+
+    bed = testbed.Bed(testbed.BedConfig(workers=2))
+    try:
+        bed.up()
+        # up removed the leftovers before building: the stale process is dead, its namespace gone
+        stale.wait(timeout=10)
+        assert not testbed.alive(stale.pid)
+        assert testbed.PREFIX + "stale" not in testbed.bed_namespaces()
+        assert set(testbed.bed_namespaces()) == {testbed.BRIDGE_NS} | {h.ns for h in bed.hosts.values()}
+
+        # 3 Ray hosts, each known to the GCS by its own bed address
+        ips = sorted(n["ip"] for n in bed.nodes())
+        assert ips == sorted(bed.hosts[h].address for h in ("head", "w1", "w2"))
+        assert all(ip.startswith("198.18.") for ip in ips)
+
+        # S3 on its host, reached over the bridge from a worker host; Redis likewise
+        bed.exec("w1", ["python", "-c",
+                        "import boto3; s=boto3.client('s3'); s.create_bucket(Bucket='probe');"
+                        "s.put_object(Bucket='probe', Key='k', Body=b'w1')"])
+        got = bed.exec("w2", ["python", "-c",
+                              "import boto3; print(boto3.client('s3').get_object("
+                              "Bucket='probe', Key='k')['Body'].read().decode())"])
+        assert got.stdout.strip() == "w1"
+        host, port = bed.redis_address.split(":")
+        pong = bed.exec("w2", ["python", "-c",
+                               f"import redis; print(redis.Redis('{host}', {port}).ping())"])
+        assert pong.stdout.strip() == "True"
+        # servers are bound to their bed address, not to every interface
+        assert "127.0.0.1" not in bed.s3_endpoint
+
+        # private disks: a file in w1's /tmp is seen by no other host nor by the machine
+        bed.exec("w1", ["sh", "-c", "echo mine > /tmp/only-w1"])
+        assert bed.exec("w1", ["cat", "/tmp/only-w1"]).stdout.strip() == "mine"
+        assert bed.exec("w2", ["test", "-e", "/tmp/only-w1"], check=False).returncode == 1
+        assert not os.path.exists("/tmp/only-w1")
+        # the checkout is read-only on every host
+        assert bed.exec("w2", ["touch", str(testbed.ROOT / "x")], check=False).returncode != 0
+
+        inodes = bed.namespace_inodes()
+        pids = [p for ns in testbed.bed_namespaces() for p in testbed.namespace_pids(ns)]
+        assert len(pids) > 10          # keepers, raylets, GCS, moto, redis, Ray's agents...
+    finally:
+        bed.down()
+
+    # nothing left: no namespace, no link in the machine's namespace, no process in any bed
+    # namespace, none of the PIDs seen while the bed was up
+    assert testbed.bed_namespaces() == []
+    assert _root_links() == links_before
+    assert testbed.processes_in(inodes) == []
+    assert [p for p in pids if testbed.alive(p)] == []
+
+
+# ---- the shared bed of the later tests ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bed():
+    # three worker hosts: two train, the third is the standby a lost host's worker moves to
+    b = testbed.Bed(testbed.BedConfig(workers=3))
+    b.up()
+    b.s3("head", "s3.create_bucket(Bucket='clef')")
+    try:
+        yield b
+    finally:
+        b.down()
+
+
+def _find(node, key):
+    """Every value stored under `key` anywhere in a JSON document."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == key:
+                yield v
+            yield from _find(v, key)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _find(v, key)
+
+
+def _worker_addresses(bed) -> set[str]:
+    return {h.address for n, h in bed.hosts.items() if n.startswith("w")}
+
+
+def _reports(snap) -> list[dict]:
+    """The training reports in a checkpoint record (dicts with the loop's figures)."""
+    out = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "workers" in node and "step" in node:
+                out.append(node)
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(snap)
+    return sorted(out, key=lambda r: r["step"])
+
+
+def test_pretraining_one_worker_per_host_records_their_addresses(bed):
+    ingest = bed.submit(["python", "jobs/ingest.py", "--corpus", "ludb", "--source", "data/ludb",
+                         "--dest", "s3://clef/datasets/ludb", "--shard-bytes", "1000000",
+                         "--workers", "2", "--cpus-per-worker", "0.5", "--no-progress"],
+                        "ingest-ludb")
+    assert ingest.returncode == 0, (ingest.stdout + ingest.stderr)[-4000:]
+    train = bed.submit(["python", "jobs/pretrain.py", "--scale", "small", "--method", "simclr",
+                        "--no-deepspeed", "--data", "s3://clef/datasets/ludb",
+                        "--storage", "s3://clef/runs", "--run-name", "two-hosts",
+                        "--workers", "2", "--placement", "STRICT_SPREAD",
+                        "--cpus-per-worker", "1", "--batch-per-worker", "4", "--steps", "2",
+                        "--checkpoint-every", "2", "--data.loader_workers", "1"],
+                       "pretrain-two-hosts")
+    assert train.returncode == 0, (train.stdout + train.stderr)[-4000:]
+    # the run's checkpoint record on S3 names the hosts its ranks ran on: one per worker host
+    snap = json.loads(bed.s3("w1", "print(s3.get_object(Bucket='clef', Key='runs/two-hosts/"
+                                   "checkpoint_manager_snapshot.json')['Body'].read().decode())"))
+    workers = next(_find(snap, "workers"))
+    assert len(set(workers)) == 2 and set(workers) <= _worker_addresses(bed)
+    keys = bed.s3("w2", "r = s3.list_objects_v2(Bucket='clef', Prefix='runs/two-hosts/exports/');"
+                        "print('\\n'.join(o['Key'] for o in r.get('Contents', [])))").split()
+    assert any(k.endswith("step_2/_COMPLETE") for k in keys), keys
+
+
+def _train_hosts(bed) -> list[str]:
+    """Hosts with a Ray Train worker process running."""
+    found = []
+    for name, h in bed.hosts.items():
+        for pid in testbed.namespace_pids(h.ns):
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+            except FileNotFoundError:
+                continue
+            if b"RayTrainWorker" in cmd:
+                found.append(name)
+                break
+    return found
+
+
+def test_worker_host_lost_during_pretraining_resumes_on_the_standby(bed):
+    # runs after the two-host test, whose ingest left s3://clef/datasets/ludb
+    steps, every = 30, 5
+    submit = bed.spawn("head", "submit-loss", [
+        "ray", "job", "submit", "--address", bed.dashboard_url, "--submission-id", "host-loss",
+        "--working-dir", str(testbed.ROOT), "--", "python", "jobs/pretrain.py", "--scale",
+        "small", "--method", "simclr", "--no-deepspeed", "--data", "s3://clef/datasets/ludb",
+        "--storage", "s3://clef/runs", "--run-name", "host-loss", "--workers", "2",
+        "--placement", "STRICT_SPREAD", "--cpus-per-worker", "1", "--batch-per-worker", "4",
+        "--steps", str(steps), "--checkpoint-every", str(every), "--data.loader_workers", "1",
+        "--max-failures", "2"])
+    victim = None
+    try:
+        # wait for the first registered checkpoint, then lose one of the two training hosts
+        marker = f"runs/host-loss/exports/step_{every}/_COMPLETE"
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline and submit.poll() is None:
+            keys = bed.s3("w1", "r = s3.list_objects_v2(Bucket='clef', Prefix='runs/host-loss/');"
+                                "print('\\n'.join(o['Key'] for o in r.get('Contents', [])))")
+            if marker in keys.split():
+                break
+            time.sleep(2)
+        assert submit.poll() is None, bed.log("head", "submit-loss")[-3000:]
+        before = _train_hosts(bed)
+        assert len(before) == 2, before
+        victim = before[1]
+        killed = bed.stop_host(victim, signal.SIGKILL)
+        assert killed
+        assert submit.wait(timeout=600) == 0, bed.log("head", "submit-loss")[-4000:]
+    finally:
+        if submit.poll() is None:
+            submit.kill()
+        if victim is not None:           # restore the bed for the tests after this one
+            bed.wipe_tmp(victim)
+            bed.start_ray_worker(victim)
+            bed.wait_nodes(4)
+    snap = json.loads(bed.s3("w1", "print(s3.get_object(Bucket='clef', Key='runs/host-loss/"
+                                   "checkpoint_manager_snapshot.json')['Body'].read().decode())"))
+    last = _reports(snap)[-1]
+    standby = _worker_addresses(bed) - {bed.hosts[h].address for h in before}
+    # finished with its step count, on the surviving host and the standby, resumed from a
+    # registered checkpoint (not from step 0)
+    assert last["step"] == steps
+    assert set(last["workers"]) == standby | {bed.hosts[before[0]].address}
+    assert bed.hosts[victim].address not in last["workers"]
+    assert last["resumed_from"] >= every and last["resumed_from"] % every == 0
+    # the schedule is intact: the last step's learning rate is the schedule's value at that step
+    from clef_platform.train.config import PretrainConfig
+    from clef_platform.train.schedule import warmup_cosine
+    cfg = PretrainConfig.preset("small")
+    want = cfg.optim.lr * warmup_cosine(steps, cfg.optim.warmup_steps, steps, cfg.optim.min_lr_ratio)
+    assert abs(last["lr"] - want) <= 1e-9 + 1e-6 * want, (last["lr"], want)
