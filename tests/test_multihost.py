@@ -225,3 +225,68 @@ def test_worker_host_lost_during_pretraining_resumes_on_the_standby(bed):
     cfg = PretrainConfig.preset("small")
     want = cfg.optim.lr * warmup_cosine(steps, cfg.optim.warmup_steps, steps, cfg.optim.min_lr_ratio)
     assert abs(last["lr"] - want) <= 1e-9 + 1e-6 * want, (last["lr"], want)
+
+
+def _dataset_fingerprint(bed, prefix: str) -> dict:
+    """The dataset digest in the manifest and every shard's name, SHA-256 and stored bytes."""
+    out = bed.s3("w1", "import io, hashlib, pyarrow.parquet as pq\n"
+                       f"p = '{prefix}'\n"
+                       "get = lambda k: s3.get_object(Bucket='clef', Key=k)['Body'].read()\n"
+                       "m = pq.read_table(io.BytesIO(get(p + '/manifest.parquet')))\n"
+                       "sh = pq.read_table(io.BytesIO(get(p + '/shards.parquet'))).to_pylist()\n"
+                       "print(json.dumps({'digest': m.schema.metadata[b'clef.dataset_digest'].decode(),"
+                       " 'records': m.num_rows, 'shards': sorted((r['shard'], r['sha256'],"
+                       " hashlib.sha256(get(p + '/shards/' + r['shard'] + '.tar')).hexdigest())"
+                       " for r in sh)}))")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _task_hosts(bed) -> list[str]:
+    """Worker hosts with a Ray worker process executing a task (not idle)."""
+    found = []
+    for name, h in bed.hosts.items():
+        if not name.startswith("w"):
+            continue
+        for pid in testbed.namespace_pids(h.ns):
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+            except FileNotFoundError:
+                continue
+            if cmd.startswith(b"ray::") and not cmd.startswith(b"ray::IDLE"):
+                found.append(name)
+                break
+    return found
+
+
+def test_worker_host_lost_during_ingest_gives_a_byte_identical_dataset(bed):
+    # the clean run is the two-host test's s3://clef/datasets/ludb
+    clean = _dataset_fingerprint(bed, "datasets/ludb")
+    submit = bed.spawn("head", "submit-ingest-loss", [
+        "ray", "job", "submit", "--address", bed.dashboard_url, "--submission-id", "ingest-loss",
+        "--working-dir", str(testbed.ROOT), "--", "python", "jobs/ingest.py", "--corpus", "ludb",
+        "--source", "data/ludb", "--dest", "s3://clef/datasets/ludb-loss", "--shard-bytes",
+        "1000000", "--workers", "2", "--cpus-per-worker", "0.5", "--no-progress"])
+    victim = None
+    try:
+        # lose a host while it runs shard tasks, after the first shard is committed
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and submit.poll() is None and victim is None:
+            keys = bed.s3("w1", "r = s3.list_objects_v2(Bucket='clef', "
+                                "Prefix='datasets/ludb-loss/_ingest/parts/');"
+                                "print(r.get('KeyCount', 0))")
+            busy = _task_hosts(bed)
+            if int(keys.split()[-1]) > 0 and busy:
+                victim = busy[0]
+                assert bed.stop_host(victim, signal.SIGKILL)
+            else:
+                time.sleep(0.5)
+        assert victim is not None, "the ingest finished before a host could be lost"
+        assert submit.wait(timeout=600) == 0, bed.log("head", "submit-ingest-loss")[-4000:]
+    finally:
+        if submit.poll() is None:
+            submit.kill()
+        if victim is not None:
+            bed.wipe_tmp(victim)
+            bed.start_ray_worker(victim)
+            bed.wait_nodes(4)
+    assert _dataset_fingerprint(bed, "datasets/ludb-loss") == clean
