@@ -7,7 +7,7 @@ VENV_STAMP := .venv/.installed
 
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP): pyproject.toml infra/setup/bootstrap.sh infra/setup/constraints.txt infra/setup/install_redis.sh
+$(VENV_STAMP): pyproject.toml infra/setup/bootstrap.sh infra/setup/constraints.txt infra/setup/install_redis.sh infra/setup/install_hostbed_tools.sh
 	bash infra/setup/bootstrap.sh
 	touch $(VENV_STAMP)
 

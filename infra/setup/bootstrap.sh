@@ -14,3 +14,5 @@ export DS_BUILD_OPS=0   # DeepSpeed: compile no op at install time
 .venv/bin/python -m pip install --quiet -c infra/setup/constraints.txt -e '.[test]'
 # The Redis online store's tests start a real redis-server on 127.0.0.1.
 bash infra/setup/install_redis.sh
+# The multi-host test bed's tools (iproute2, util-linux), where missing.
+bash infra/setup/install_hostbed_tools.sh
