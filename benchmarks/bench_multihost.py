@@ -29,20 +29,7 @@ def _last_report(bed, run: str) -> dict:
     """The last training report in the run's checkpoint record on S3."""
     snap = json.loads(bed.s3("w1", f"print(s3.get_object(Bucket='clef', Key='runs/{run}/"
                                    "checkpoint_manager_snapshot.json')['Body'].read().decode())"))
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "samples_per_s" in node and "step" in node:
-                found.append(node)
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(snap)
-    return max(found, key=lambda r: r["step"])
+    return testbed.training_reports(snap, key="samples_per_s")[-1]
 
 
 def _records(bed, key: str) -> int:

@@ -22,3 +22,14 @@ def load_job(name: str) -> ModuleType:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def ludb_pretrain_config(ludb: dict, tmp_path: Path, run_name: str, *extra: str):
+    """A small CLEF pretraining config on the LUDB training fixture, built the way a user's
+    command line is (one worker CPU each, metrics every step); `extra` adds or overrides flags."""
+    from clef_platform.train.config import PretrainConfig
+    return PretrainConfig.from_args([
+        "--scale", "small", "--method", "clef", "--data", ludb["data"],
+        "--features", ludb["features"], "--storage", str(tmp_path / "runs"),
+        "--run-name", run_name, "--cpus-per-worker", "1", "--data.loader_workers", "1",
+        "--metrics.log_every", "1", *extra])

@@ -118,20 +118,7 @@ def _worker_addresses(bed) -> set[str]:
 
 def _reports(snap) -> list[dict]:
     """The training reports in a checkpoint record (dicts with the loop's figures)."""
-    out = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "workers" in node and "step" in node:
-                out.append(node)
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(snap)
-    return sorted(out, key=lambda r: r["step"])
+    return testbed.training_reports(snap, key="workers")
 
 
 def test_pretraining_one_worker_per_host_records_their_addresses(bed):

@@ -18,18 +18,14 @@ import pytest
 import torch
 
 from clef_platform.train.config import PretrainConfig
-from tests.helpers import free_port
+from tests.helpers import free_port, ludb_pretrain_config
 
 pytestmark = pytest.mark.slow
 
 
 
 def make_cfg(ludb, tmp_path, run_name, *extra) -> PretrainConfig:
-    return PretrainConfig.from_args([
-        "--scale", "small", "--method", "clef", "--data", ludb["data"],
-        "--features", ludb["features"], "--storage", str(tmp_path / "runs"),
-        "--run-name", run_name, "--cpus-per-worker", "1", "--data.loader_workers", "1",
-        "--metrics.log_every", "1", *extra])
+    return ludb_pretrain_config(ludb, tmp_path, run_name, *extra)
 
 
 def read_traces(trace_dir):
@@ -163,7 +159,8 @@ def test_global_batch_is_global(ludb_train_data, tmp_path):
         name = f"gb{workers}"
         cfg = make_cfg(ludb_train_data, tmp_path, name, "--workers", str(workers),
                        "--batch-per-worker", str(batch), "--steps", "1", "--checkpoint-every", "1",
-                       "--zero-stage", "1", "--data.order", "global", "--optim.warmup_steps", "1")
+                       "--zero-stage", "1", "--data.order", "global", "--optim.warmup_steps", "1",
+                       "--lr", "1e-3")   # explicit: the update sizes below are in units of lr
         trace = tmp_path / f"trace_{name}"
         res = run_pretraining(cfg, trace_dir=str(trace), trace_steps=1)
         runs[workers] = (res, read_traces(trace))

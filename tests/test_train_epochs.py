@@ -14,16 +14,13 @@ from pathlib import Path
 import pytest
 
 from clef_platform.train.config import PretrainConfig
+from tests.helpers import ludb_pretrain_config
 
 pytestmark = pytest.mark.slow
 
 
 def make_cfg(ludb, tmp_path, run_name, *extra) -> PretrainConfig:
-    return PretrainConfig.from_args([
-        "--scale", "small", "--method", "clef", "--data", ludb["data"],
-        "--features", ludb["features"], "--storage", str(tmp_path / "runs"),
-        "--run-name", run_name, "--cpus-per-worker", "1", "--data.loader_workers", "1",
-        "--metrics.log_every", "1", "--workers", "2", *extra])
+    return ludb_pretrain_config(ludb, tmp_path, run_name, "--workers", "2", *extra)
 
 
 def traces(trace_dir):
