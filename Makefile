@@ -14,8 +14,11 @@ $(VENV_STAMP): pyproject.toml infra/setup/bootstrap.sh infra/setup/constraints.t
 demo: venv
 	$(PY) jobs/demo.py
 
+# The multi-host bed tests run in a pytest process of their own, after the rest: five Ray-and-
+# server hosts on 2 cores want a quiet machine, without the session's local Ray and moto server.
 test: venv
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not multihost"
+	$(PY) -m pytest -m multihost
 
 bench: venv
 	$(PY) benchmarks/run_all.py

@@ -20,7 +20,8 @@ import pytest
 from infra.testbed import bed as testbed
 
 REASON = testbed.unavailable_reason()
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.slow, pytest.mark.multihost,
+              pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 
 def _root_links() -> set[str]:
@@ -209,8 +210,11 @@ def test_worker_host_lost_during_pretraining_resumes_on_the_standby(bed):
     # the schedule is intact: the last step's learning rate is the schedule's value at that step
     from clef_platform.train.config import PretrainConfig
     from clef_platform.train.schedule import warmup_cosine
+    from clef_platform.train.recipes import SCALED_REFERENCE_BATCH, lr_factor
     cfg = PretrainConfig.preset("small")
-    want = cfg.optim.lr * warmup_cosine(steps, cfg.optim.warmup_steps, steps, cfg.optim.min_lr_ratio)
+    # the scaled recipe's lr for this run's global batch (2 workers x 4), then the schedule
+    lr = cfg.optim.lr * lr_factor(cfg.optim.lr_scaling, 2 * 4, SCALED_REFERENCE_BATCH["small"])
+    want = lr * warmup_cosine(steps, cfg.optim.warmup_steps, steps, cfg.optim.min_lr_ratio)
     assert abs(last["lr"] - want) <= 1e-9 + 1e-6 * want, (last["lr"], want)
 
 
