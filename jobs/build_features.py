@@ -4,6 +4,8 @@
         --manifest out/manifest.parquet --repo out/features
 
 Idempotent; prints a summary (also written to <repo>/data/summary.json, rejects.csv).
+`--repo s3://bucket/features` builds in a temporary folder and publishes the repository there,
+for a cluster whose hosts share no disk (`--features s3://bucket/features` in pretraining).
 Afterwards `cd <repo> && feast feature-views list` etc. work as usual.
 """
 
@@ -24,7 +26,7 @@ from clef_platform.features.repo import ttl_from_days  # noqa: E402
 
 @dataclass(frozen=True)
 class Args:
-    repo: Path
+    repo: str
     mimic_hosp: Path | None
     manifest: str | None
     online_store: str
@@ -36,7 +38,8 @@ class Args:
 
 def parse_args(argv: list[str] | None = None) -> Args:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    p.add_argument("--repo", type=Path, required=True, help="feature repository directory")
+    p.add_argument("--repo", required=True,
+                   help="feature repository directory, or an s3:// URL to publish it to")
     p.add_argument("--mimic-hosp", type=Path, default=None,
                    help="MIMIC-IV hosp folder (patients, admissions, omr, labevents, "
                         "diagnoses_icd); optional")
@@ -70,10 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     from clef_platform.features.build import build_feature_store
     from clef_platform.features.summary import format_summary
 
-    result = build_feature_store(args.repo, cfg, args.mimic_hosp, args.manifest,
-                                 do_materialise=not args.no_materialise)
+    if args.repo.startswith("s3://"):
+        import tempfile
+
+        from clef_platform.features.repo import publish_repo
+
+        with tempfile.TemporaryDirectory(prefix="clef-features-") as tmp:
+            result = build_feature_store(Path(tmp) / "repo", cfg, args.mimic_hosp, args.manifest,
+                                         do_materialise=not args.no_materialise)
+            publish_repo(result.repo, args.repo)
+        where = args.repo
+    else:
+        result = build_feature_store(Path(args.repo), cfg, args.mimic_hosp, args.manifest,
+                                     do_materialise=not args.no_materialise)
+        where = str(result.repo)
     print(format_summary(result.summary))
-    print(f"feature repository: {result.repo}")
+    print(f"feature repository: {where}")
     return 0
 
 

@@ -66,7 +66,8 @@ def split_ratios(text: str):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--corpus", required=True, help="registered adapter name (e.g. ludb, wfdb)")
-    p.add_argument("--source", required=True, type=Path, help="corpus folder")
+    p.add_argument("--source", required=True,
+                   help="corpus folder, or its s3:// URL (each host mirrors it; docs/ingestion.md)")
     p.add_argument("--dest", required=True, help="dataset URL: a folder, file://..., s3://...")
     p.add_argument("--shard-bytes", type=byte_size, default="256MB",
                    help="target shard size (default 256MB)")
@@ -100,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.source.is_dir():
-        print(f"--source {args.source} is not a folder", file=sys.stderr)
+    if not args.source.startswith("s3://") and not Path(args.source).is_dir():
+        print(f"--source {args.source} is not a folder (nor an s3:// URL of one)", file=sys.stderr)
         return 2
 
     from tqdm import tqdm

@@ -233,3 +233,45 @@ def test_rebuild_is_idempotent(demo_client, demo_keys):
                                       table)
     keys = [(f"mimic-iv-ecg/{s}", t) for s, t in demo_keys]
     pd.testing.assert_frame_equal(RiskClient(again.repo).lookup(keys), client.lookup(keys))
+
+
+def test_repository_moves_and_travels_through_s3(demo_client, demo_keys, moto_s3, tmp_path):
+    # A cluster's hosts share no disk: the repository is published to S3 and each host reads its
+    # own copy. Paths inside it are relative, so a copy anywhere answers like the original.
+    import uuid
+
+    import boto3
+
+    from clef_platform.features.client import RiskClient
+    from clef_platform.features.repo import publish_repo
+    from clef_platform.mirror import INDEX
+
+    client, first, _ = demo_client
+    keys = [(f"mimic-iv-ecg/{s}", t) for s, t in demo_keys]
+    want = client.lookup(keys)
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(first.repo, moved)
+    hidden = first.repo.with_name("repo-hidden")
+    first.repo.rename(hidden)          # the original's absolute paths no longer exist
+    try:
+        pd.testing.assert_frame_equal(RiskClient(moved).lookup(keys), want)
+        bucket = f"fs-{uuid.uuid4().hex[:8]}"
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        url = f"s3://{bucket}/features"
+        publish_repo(moved, url)
+        shutil.rmtree(moved)
+        remote = RiskClient(url)
+        assert remote.repo != moved and (remote.repo / "feature_store.yaml").exists()
+        pd.testing.assert_frame_equal(remote.lookup(keys), want)
+        # a second reader on the same host reuses the copy; a file that differs from the
+        # index is refused, naming it
+        assert RiskClient(url).repo == remote.repo
+        s3 = boto3.client("s3")
+        s3.put_object(Bucket=bucket, Key="features/data/labs.parquet", Body=b"not parquet")
+        body = s3.get_object(Bucket=bucket, Key=f"features/{INDEX}")["Body"].read()
+        s3.put_object(Bucket=bucket, Key=f"features/{INDEX}", Body=body + b"\n")  # new version
+        with pytest.raises(RuntimeError, match="data/labs.parquet: SHA-256 differs"):
+            RiskClient(url)
+    finally:
+        hidden.rename(first.repo)

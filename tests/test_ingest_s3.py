@@ -96,3 +96,25 @@ def test_two_ingests_racing_for_one_s3_destination(ray_local, moto_s3):
     bucket = f"clef-{uuid.uuid4().hex[:8]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     race_two_ingests(f"s3://{bucket}/raced", "cinc2021", CINC, SHARD_BYTES)
+
+
+def test_ingest_of_a_corpus_in_s3_equals_the_local_one(s3_and_local):
+    # A corpus synced to a bucket as plain files (no index), as `aws s3 sync` leaves it: the
+    # driver and each shard task read their host's mirror of it; the dataset is the same.
+    url, _, local_dir = s3_and_local
+    bucket = url.split("/")[2]
+    s3 = boto3.client("s3")
+    for path in sorted(p for p in CINC.rglob("*") if p.is_file()):
+        s3.upload_file(str(path), bucket, "corpora/cinc/" + path.relative_to(CINC).as_posix())
+    dest = f"s3://{bucket}/datasets/cinc-from-s3"
+    summary = run_ingest(IngestConfig("cinc2021", f"s3://{bucket}/corpora/cinc", dest,
+                                      shard_bytes=SHARD_BYTES, workers=2))
+    assert summary.balanced and summary.stored == 50
+    store = open_store(dest)
+    local = open_store(local_dir)
+    import io
+    got = pq.read_table(io.BytesIO(store.get_bytes(MANIFEST_KEY))).to_pandas()
+    want = pq.read_table(local_dir / MANIFEST_KEY).to_pandas()
+    assert got["key"].tolist() == want["key"].tolist()
+    assert got.drop(columns=[c for c in got.columns if "path" in c]).equals(
+        want.drop(columns=[c for c in want.columns if "path" in c]))

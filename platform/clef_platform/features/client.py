@@ -54,7 +54,11 @@ class RiskClient:
     def __init__(self, repo_dir: str | Path, store=None):
         from feast import FeatureStore
 
-        self.repo = Path(repo_dir).resolve()
+        from clef_platform.mirror import mirror
+
+        # a repository published to object storage (jobs/build_features.py --repo s3://...)
+        # is read from this host's copy of it
+        self.repo = mirror(repo_dir).resolve()
         self.store = store or FeatureStore(repo_path=str(self.repo))
         self.info = BuildInfo.load(self.repo)
         self.ttl_seconds: dict[str, float] = self.info.config["ttl_seconds"]

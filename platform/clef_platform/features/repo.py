@@ -66,7 +66,9 @@ def definitions_py(cfg: FeatureStoreConfig) -> str:
     # because rows carry values forward (see clef_platform.features.tables).
     ttl=timedelta(0),
     schema=[{_fields(view_columns(v))}],
-    source=FileSource(name="{v}_source", path=str(DATA / "{v}.parquet"),
+    # relative to the repository: Feast resolves it against repo_path, so a copy of the
+    # repository on another host (clef_platform.mirror) reads its own files
+    source=FileSource(name="{v}_source", path="data/{v}.parquet",
                       timestamp_field="event_timestamp"),
     online=True,
     tags={{"lookback_seconds": "{ttl[v]:.0f}"}},
@@ -76,14 +78,11 @@ def definitions_py(cfg: FeatureStoreConfig) -> str:
 edit FeatureStoreConfig and rebuild (jobs/build_features.py) rather than this file."""
 
 from datetime import timedelta
-from pathlib import Path
 
 import pandas as pd
 from feast import Entity, FeatureView, Field, FileSource, RequestSource, ValueType
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64
-
-DATA = Path(__file__).resolve().parent / "data"
 
 patient = Entity(name="patient", join_keys=["patient_id"], value_type=ValueType.STRING,
                  description="namespaced patient id, e.g. mimic-iv-ecg/10000032 or ludb/17")
@@ -165,6 +164,15 @@ def materialise(repo_dir: str | Path, store=None) -> BuildInfo:
     store.materialize(start_date=pd.Timestamp(info.start).to_pydatetime(),
                       end_date=pd.Timestamp(info.end).to_pydatetime())
     return info
+
+
+def publish_repo(repo_dir: str | Path, url: str) -> None:
+    """Uploads a built repository to object storage (clef_platform.mirror), where every host of
+    a cluster reads it: the offline tables and the registry travel; a Redis online store stays
+    where it is (its address is in feature_store.yaml), a SQLite one travels as a file."""
+    from clef_platform.mirror import upload_tree
+
+    upload_tree(Path(repo_dir), url)
 
 
 def ttl_from_days(days: dict[str, float]) -> dict[str, timedelta]:

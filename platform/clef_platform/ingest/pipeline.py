@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from clef_platform import mirror
 from clef_platform.digests import sha256_file
 from clef_platform.ingest.record import CanonicalRecord, Quarantined, RecordRef
 from clef_platform.ingest.splits import SplitRatios, assign_split
@@ -51,7 +52,7 @@ _FALLBACK_RECORD_BYTES = 12 * 5000 * 2 + 2048   # a 10 s, 500 Hz record, if the 
 @dataclass(frozen=True)
 class IngestConfig:
     corpus: str
-    source: Path
+    source: str | Path              # a folder, or a URL of one (s3://...; see clef_platform.mirror)
     dest: str
     shard_bytes: int = DEFAULT_SHARD_BYTES
     split_ratios: SplitRatios = field(default_factory=SplitRatios)
@@ -226,12 +227,14 @@ def records_per_shard_for(refs: list[RecordRef], cfg: IngestConfig, process: Pro
 # ------------------------------------------------------------------------ the shard task
 
 def write_shard(name: str, split: str, refs_json: str, dest: str,
-                process: ProcessFn = default_process) -> ShardResult:
+                process: ProcessFn = default_process, source: str | None = None) -> ShardResult:
     """Read, validate and encode one planned shard's records and store the shard and its part.
 
     Memory stays at about one record: samples stream into a local temp tar file which is then
     uploaded atomically; the part (rows for the manifest) is written after the shard.
     """
+    if source is not None and mirror.is_remote(source):
+        mirror.mirror(source)   # this host's copy of the corpus, at the path the plan names
     store = open_store(dest)
     refs = [ref_from_json(t) for t in json.loads(refs_json)]
     stored_rows: list[dict[str, Any]] = []
@@ -257,8 +260,9 @@ def write_shard(name: str, split: str, refs_json: str, dest: str,
     return ShardResult(name, len(stored_rows), len(quarantined_rows), nbytes, dict(reasons))
 
 
-def _write_shard_row(row: dict[str, Any], process: ProcessFn, dest: str) -> dict[str, Any]:
-    r = write_shard(row["name"], row["split"], row["refs"], dest, process)
+def _write_shard_row(row: dict[str, Any], process: ProcessFn, dest: str,
+                     source: str | None = None) -> dict[str, Any]:
+    r = write_shard(row["name"], row["split"], row["refs"], dest, process, source)
     return {"name": r.name, "stored": r.stored, "quarantined": r.quarantined,
             "nbytes": r.nbytes, "reasons": json.dumps(r.reasons, sort_keys=True)}
 
@@ -282,8 +286,9 @@ def run_ingest(cfg: IngestConfig, *,
     """
     t0 = time.perf_counter()
     store = open_store(cfg.dest)
-    # Absolute paths: Ray workers (and `ray job submit` entrypoints) may run elsewhere.
-    refs = list(list_refs(cfg.corpus, Path(cfg.source).resolve()))
+    # Absolute paths: Ray workers (and `ray job submit` entrypoints) may run elsewhere. A corpus
+    # in object storage is listed from this host's mirror; shard tasks mirror it on theirs.
+    refs = list(list_refs(cfg.corpus, mirror.mirror(cfg.source).resolve()))
     log.info("listed %d records of corpus %s from %s", len(refs), cfg.corpus, cfg.source)
 
     rps = records_per_shard_for(refs, cfg, process) if refs else 1
@@ -326,7 +331,8 @@ def _ingest_claimed(cfg: IngestConfig, store: ObjectStore, plans: list[ShardPlan
                  "refs": json.dumps([ref_to_json(r) for r in p.refs])} for p in todo]
         # One block per shard so Ray Data can run `workers` shards at once.
         ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
-            _write_shard_row, fn_kwargs={"process": process, "dest": cfg.dest},
+            _write_shard_row, fn_kwargs={"process": process, "dest": cfg.dest,
+                                               "source": str(cfg.source)},
             num_cpus=cfg.cpus_per_worker,
             compute=ray.data.TaskPoolStrategy(size=cfg.workers))
         for out in ds.iter_rows():
