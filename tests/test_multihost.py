@@ -122,28 +122,74 @@ def _reports(snap) -> list[dict]:
     return testbed.training_reports(snap, key="workers")
 
 
-def test_pretraining_one_worker_per_host_records_their_addresses(bed):
-    ingest = bed.submit(["python", "jobs/ingest.py", "--corpus", "ludb", "--source", "data/ludb",
-                         "--dest", "s3://clef/datasets/ludb", "--shard-bytes", "1000000",
-                         "--workers", "2", "--cpus-per-worker", "0.5", "--no-progress"],
-                        "ingest-ludb")
-    assert ingest.returncode == 0, (ingest.stdout + ingest.stderr)[-4000:]
-    train = bed.submit(["python", "jobs/pretrain.py", "--scale", "small", "--method", "simclr",
-                        "--no-deepspeed", "--data", "s3://clef/datasets/ludb",
-                        "--storage", "s3://clef/runs", "--run-name", "two-hosts",
-                        "--workers", "2", "--placement", "STRICT_SPREAD",
-                        "--cpus-per-worker", "1", "--batch-per-worker", "4", "--steps", "2",
-                        "--checkpoint-every", "2", "--data.loader_workers", "1"],
-                       "pretrain-two-hosts")
-    assert train.returncode == 0, (train.stdout + train.stderr)[-4000:]
-    # the run's checkpoint record on S3 names the hosts its ranks ran on: one per worker host
-    snap = json.loads(bed.s3("w1", "print(s3.get_object(Bucket='clef', Key='runs/two-hosts/"
+def _s3_keys(bed, prefix: str) -> list[str]:
+    return bed.s3("head", f"r = s3.list_objects_v2(Bucket='clef', Prefix='{prefix}');"
+                          "print('\\n'.join(o['Key'] for o in r.get('Contents', [])))").split()
+
+
+def test_whole_pipeline_across_hosts_hands_over_only_through_s3_and_redis(bed):
+    """Every stage is the command a user submits, its driver on a worker host; afterwards that
+    host is stopped and its /tmp wiped, and the next stage's driver runs on another host. So
+    whatever a stage needs from an earlier one can only have come through S3 or Redis."""
+
+    def stage(driver: str, sid: str, argv: list[str]) -> str:
+        p = bed.submit(argv, sid, driver=driver)
+        assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+        bed.replace_host(driver)
+        return p.stdout
+
+    corpus, demo = "s3://clef/corpora/mimic-iv-ecg-demo", "s3://clef/datasets/mimic-iv-ecg-demo"
+    # 1. the demo corpus (real LUDB signals paired ARTIFICIALLY with MIMIC-IV demo patients),
+    #    built on w1 and kept in S3 as a raw WFDB corpus
+    stage("w1", "pipe-corpus", ["python", "jobs/make_demo_corpus.py", "--ludb", "data/ludb",
+                                "--mimic-hosp", "data/mimic-iv-demo/hosp", "--out", corpus,
+                                "--holdout", "100"])
+    # 2. ingest of that corpus from S3, Ray Data shard tasks on more than one host
+    ingest = ["--shard-bytes", "1000000", "--workers", "2", "--cpus-per-worker", "0.5",
+              "--no-progress"]
+    stage("w2", "pipe-ingest-demo", ["python", "jobs/ingest.py", "--corpus", "mimic-iv-ecg",
+                                     "--source", corpus, "--dest", demo, *ingest])
+    hosts = set().union(*bed.job_task_hosts("pipe-ingest-demo", "_write_shard_row").values())
+    assert len(hosts) >= 2 and hosts <= {"w1", "w2", "w3"}, hosts
+    # 3. LUDB for the probes (and for the host-loss tests after this one)
+    stage("w3", "pipe-ingest-ludb", ["python", "jobs/ingest.py", "--corpus", "ludb",
+                                     "--source", "data/ludb", "--dest", "s3://clef/datasets/ludb",
+                                     *ingest])
+    # 4. the feature store: offline tables and registry published to S3, online store on the
+    #    Redis host
+    out = stage("w1", "pipe-features", [
+        "python", "jobs/build_features.py", "--repo", "s3://clef/features",
+        "--online-store", "redis", "--redis-connection", bed.redis_address,
+        "--mimic-hosp", "data/mimic-iv-demo/hosp", "--manifest", demo])
+    assert "feature repository: s3://clef/features" in out
+    host, port = bed.redis_address.split(":")
+    keys = bed.exec("w2", ["python", "-c",
+                           f"import redis; print(redis.Redis('{host}', {port}).dbsize())"])
+    assert int(keys.stdout.strip()) >= 100          # one hash per MIMIC-IV demo patient at least
+    # 5. CLEF pretraining with one worker per host, risk from the published feature store
+    stage("w2", "pipe-pretrain", [
+        "python", "jobs/pretrain.py", "--scale", "small", "--method", "clef", "--no-deepspeed",
+        "--data", demo, "--features", "s3://clef/features", "--storage", "s3://clef/runs",
+        "--run-name", "pipeline", "--workers", "2", "--placement", "STRICT_SPREAD",
+        "--cpus-per-worker", "1", "--batch-per-worker", "4", "--steps", "2",
+        "--checkpoint-every", "2", "--data.loader_workers", "1"])
+    snap = json.loads(bed.s3("w3", "print(s3.get_object(Bucket='clef', Key='runs/pipeline/"
                                    "checkpoint_manager_snapshot.json')['Body'].read().decode())"))
     workers = next(_find(snap, "workers"))
-    assert len(set(workers)) == 2 and set(workers) <= _worker_addresses(bed)
-    keys = bed.s3("w2", "r = s3.list_objects_v2(Bucket='clef', Prefix='runs/two-hosts/exports/');"
-                        "print('\\n'.join(o['Key'] for o in r.get('Contents', [])))").split()
-    assert any(k.endswith("step_2/_COMPLETE") for k in keys), keys
+    assert len(set(workers)) == 2 and set(workers) <= _worker_addresses(bed), workers
+    assert "runs/pipeline/exports/step_2/_COMPLETE" in _s3_keys(bed, "runs/pipeline/exports/")
+    # 6. evaluation of the run's exports against the datasets, all read from S3
+    stage("w3", "pipe-evaluate", [
+        "python", "jobs/evaluate.py", "--run", "s3://clef/runs/pipeline",
+        "--data-root", "s3://clef/datasets", "--pretrain-manifest", f"{demo}/manifest.parquet",
+        "--pretrain-split", "train", "--tasks", "ludb_rhythm", "--n-bootstrap", "50"])
+    report = _s3_keys(bed, "runs/pipeline/eval/")
+    assert "runs/pipeline/eval/report/index.html" in report, report
+    page = bed.s3("head", "print(s3.get_object(Bucket='clef', Key='runs/pipeline/eval/report/"
+                          "index.html')['Body'].read().decode())")
+    assert "ludb_rhythm" in page
+    assert any(k.startswith("runs/pipeline/eval/results/") for k in report), report
+    bed.wait_nodes(4)                       # every worker host back for the tests after this
 
 
 def _train_hosts(bed) -> list[str]:

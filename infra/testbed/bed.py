@@ -7,10 +7,13 @@ its own private /tmp and HOME, all joined by one bridge that lives in a namespac
 
 Why namespaces: a second host catches what one host hides (a server bound to loopback, a file on
 a disk only one host reads, gloo on the wrong interface). Each host is anchored by a "keeper"
-process (`sleep`) that holds its network namespace and a private mount namespace in which /tmp
-is a fresh tmpfs and the checkout is re-mounted read-only; every other process of the host is
-entered into the keeper's namespaces with `nsenter`, so processes of one host share one disk and
-no host sees another's. Only the checkout and the virtualenv are shared, read-only.
+process (`sleep`) that holds its network namespace, a private mount namespace in which /tmp
+is a fresh tmpfs and the checkout is re-mounted read-only, and its own PID namespace (with its
+own /proc); every other process of the host is entered into the keeper's namespaces with
+`nsenter`, so processes of one host share one disk and no host sees another's disk or
+processes. The PID namespace matters: Ray finds "the raylet of this node" by listing processes,
+and a driver that saw every host's raylets took the head's address for its own. Only the
+checkout and the virtualenv are shared, read-only.
 
 Addresses come from the RFC 2544 benchmarking range 198.18.0.0/15, which no real network uses.
 Every process is started and stopped by PID; `down` kills the PIDs it started and then every
@@ -170,7 +173,8 @@ def clean_leftovers() -> list[str]:
 class Host:
     name: str
     address: str
-    keeper: subprocess.Popen | None = None
+    keeper: subprocess.Popen | None = None     # `unshare`, in the machine's PID namespace
+    inner: int | None = None                   # the keeper's `sleep`: PID 1 of the host
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -239,10 +243,10 @@ class Bed:
 
     # ---- running things on a host
     def _enter(self, host: str) -> list[str]:
-        keeper = self.hosts[host].keeper
-        if keeper is None or not alive(keeper.pid):
+        h = self.hosts[host]
+        if h.keeper is None or h.inner is None or not alive(h.inner):
             raise RuntimeError(f"host {host} is not up")
-        return ["nsenter", "-t", str(keeper.pid), "-n", "-m", f"--wd={ROOT}", "--"]
+        return ["nsenter", "-t", str(h.inner), "-n", "-m", "-p", f"--wd={ROOT}", "--"]
 
     def exec(self, host: str, argv: list[str], timeout: float = 600, check: bool = True,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -327,19 +331,23 @@ class Bed:
             f"mount --bind {ROOT} {ROOT} && mount -o remount,bind,ro {ROOT} && "
             f"mount --bind {venv} {venv} && mount -o remount,bind,ro {venv} && "
             "touch /tmp/.clefbed-ready && exec sleep infinity")
+        # `ip netns exec` execs unshare, which forks the host's PID 1 (sh, which execs sleep)
         h.keeper = subprocess.Popen(
-            ["ip", "netns", "exec", h.ns, "unshare", "-m", "--propagation", "private",
-             "sh", "-c", script], start_new_session=True,
+            ["ip", "netns", "exec", h.ns, "unshare", "-m", "-p", "--fork", "--mount-proc",
+             "--propagation", "private", "sh", "-c", script], start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if h.keeper.poll() is not None:
                 raise RuntimeError(f"host {h.name}: keeper failed: {h.keeper.stderr.read()}")
-            # `ip netns exec` execs unshare, which execs sh, which execs sleep: one PID throughout
-            probe = subprocess.run(["nsenter", "-t", str(h.keeper.pid), "-m", "test", "-e",
-                                    "/tmp/.clefbed-ready"], capture_output=True)
-            if probe.returncode == 0:
-                return
+            children = Path(f"/proc/{h.keeper.pid}/task/{h.keeper.pid}/children")
+            kids = children.read_text().split() if children.exists() else []
+            if kids:
+                h.inner = int(kids[0])
+                probe = subprocess.run(["nsenter", "-t", str(h.inner), "-m", "test", "-e",
+                                        "/tmp/.clefbed-ready"], capture_output=True)
+                if probe.returncode == 0:
+                    return
             time.sleep(0.1)
         raise RuntimeError(f"host {h.name}: keeper not ready after 20 s")
 
@@ -412,12 +420,46 @@ class Bed:
             time.sleep(2)
 
     def submit(self, argv: list[str], submission_id: str, timeout: float = 900,
-               host: str = "head") -> subprocess.CompletedProcess:
+               host: str = "head", driver: str | None = None) -> subprocess.CompletedProcess:
         """`ray job submit --working-dir . -- argv` to the head's dashboard, run from `host`
-        (the command a user runs); waits for the job and returns the CLI's outcome."""
+        (the command a user runs); waits for the job and returns the CLI's outcome. `driver`:
+        the host whose node runs the job's entrypoint (through Ray's `node:<address>`
+        resource), by default the head."""
+        placement = [] if driver is None else [
+            "--entrypoint-resources",
+            json.dumps({f"node:{self.hosts[driver].address}": 0.001})]
         return self.exec(host, ["ray", "job", "submit", "--address", self.dashboard_url,
                                 "--submission-id", submission_id, "--working-dir", str(ROOT),
-                                "--", *argv], timeout=timeout, check=False)
+                                *placement, "--", *argv], timeout=timeout, check=False)
+
+    def job_task_hosts(self, submission_id: str, name_contains: str) -> dict[str, set[str]]:
+        """For a finished submitted job: task name -> the hosts its tasks ran on (Ray's state
+        API, asked from the head), for tasks whose name contains `name_contains`."""
+        code = (
+            "import json\n"
+            "from ray.job_submission import JobSubmissionClient\n"
+            "from ray.util.state import list_nodes, list_tasks\n"
+            f"job = JobSubmissionClient({self.dashboard_url!r}).get_job_info({submission_id!r})\n"
+            f"addr = {self.dashboard_url!r}\n"
+            "ips = {n.node_id: n.node_ip for n in list_nodes(address=addr, limit=10000)}\n"
+            "tasks = list_tasks(address=addr, filters=[('job_id', '=', job.job_id)],\n"
+            "                   limit=10000, raise_on_missing_output=False)\n"
+            f"print(json.dumps([[t.name, ips.get(t.node_id)] for t in tasks"
+            f" if {name_contains!r} in t.name]))\n")
+        rows = json.loads(self.exec("head", ["python", "-c", code], timeout=120)
+                          .stdout.strip().splitlines()[-1])
+        by_ip = {h.address: n for n, h in self.hosts.items()}
+        out: dict[str, set[str]] = {}
+        for name, ip in rows:
+            out.setdefault(name, set()).add(by_ip.get(ip, str(ip)))
+        return out
+
+    def replace_host(self, name: str) -> None:
+        """Stop every process of a Ray worker host, empty its /tmp, start its Ray again: what
+        the host held on its disk is gone (the next stage must not need it)."""
+        self.stop_host(name)
+        self.wipe_tmp(name)
+        self.start_ray_worker(name)
 
     def s3(self, host: str, code: str) -> str:
         """Run Python `code` with `s3` (a boto3 client of the bed's S3) on `host`; its stdout."""
@@ -427,7 +469,7 @@ class Bed:
     def stop_host(self, name: str, sig: int = signal.SIGTERM) -> list[int]:
         """Every process of the host except its keeper, by PID (SIGKILL: a lost host)."""
         h = self.hosts[name]
-        keep = {h.keeper.pid} if h.keeper else set()
+        keep = {h.keeper.pid, h.inner} if h.keeper else set()
         pids = [p for p in namespace_pids(h.ns) if p not in keep]
         if sig == signal.SIGKILL:
             for pid in pids:
@@ -466,6 +508,7 @@ class Bed:
                 except subprocess.TimeoutExpired:
                     pass
                 h.keeper = None
+                h.inner = None
         self.up_done = False
 
     def __enter__(self) -> "Bed":
