@@ -76,6 +76,8 @@ def test_bed_up_and_teardown_leaves_nothing():
         inodes = bed.namespace_inodes()
         pids = [p for ns in testbed.bed_namespaces() for p in testbed.namespace_pids(ns)]
         assert len(pids) > 10          # keepers, raylets, GCS, moto, redis, Ray's agents...
+        # (PID, start time): other work on the machine may reuse a PID after teardown
+        seen = {p: testbed.started_at(p) for p in pids}
     finally:
         bed.down()
 
@@ -84,7 +86,7 @@ def test_bed_up_and_teardown_leaves_nothing():
     assert testbed.bed_namespaces() == []
     assert _root_links() == links_before
     assert testbed.processes_in(inodes) == []
-    assert [p for p in pids if testbed.alive(p)] == []
+    assert [p for p in pids if testbed.alive(p) and testbed.started_at(p) == seen[p]] == []
 
 
 # ---- the shared bed of the later tests ------------------------------------------------------

@@ -126,6 +126,15 @@ def alive(pid: int) -> bool:
     return True
 
 
+def started_at(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (with the PID, an identity that a
+    reused PID does not share), None when it has ended."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def processes_in(inodes: set[int]) -> list[int]:
     """PIDs of every process on the machine whose network namespace is one of `inodes`."""
     found = []
