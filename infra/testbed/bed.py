@@ -172,7 +172,19 @@ def clean_leftovers() -> list[str]:
     removed = []
     for ns in bed_namespaces():
         pids = namespace_pids(ns)
-        _kill(pids, grace=2.0)
+        # Until the namespace is empty: a process may start while the others are stopped, and a
+        # SIGKILLed one (a host's PID 1 takes its whole PID namespace with it) takes a moment
+        # to exit. PID 1 of a host ignores SIGTERM from outside; SIGKILL follows the grace.
+        deadline = time.monotonic() + 30
+        left = pids
+        while left and time.monotonic() < deadline:
+            _kill(left, grace=2.0)
+            time.sleep(0.2)
+            left = [p for p in namespace_pids(ns) if alive(p)]
+        # a host's PID 1 leaves its namespaces first, then waits for the rest of its PID
+        # namespace to be reaped: gone from `ip netns pids` is not yet gone
+        while time.monotonic() < deadline and any(alive(p) for p in pids):
+            time.sleep(0.2)
         _run(["ip", "netns", "del", ns], check=False)
         removed.append(f"{ns} ({len(pids)} processes)")
     return removed
