@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["encoder", "views", "loss", "ingest", "features", "train", "eval"]
+BENCHMARKS = ["encoder", "views", "loss", "ingest", "features", "train", "eval", "finetune"]
 
 
 def main() -> int:

@@ -2,7 +2,8 @@
 
 CLEF adds segments of the MIT-BIH Noise Stress Test recordings (ma, em, bw) to its views. Those
 recordings are not shipped here, so each kind has a synthetic model (below); real recordings are
-used instead when a directory holding them is given (`load_noise_bank(path=...)`).
+used instead when the platform hands their arrays over (`NoiseRecordings`, read from a folder
+by clef_platform.layout.noise; this package reads no files).
 
 Everything random is drawn from a counter-based generator: a value depends only on (per-row
 seed, stream id, position), never on the batch the row sits in, the device, or call order. That
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -246,7 +246,7 @@ class NoiseBank:
 
     recordings: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # each channel zero-mean, unit RMS
     fs: float
-    source: str  # "synthetic" or the directory the recordings came from
+    source: str  # "synthetic" or where the recordings came from
 
     def to(self, device: torch.device | str) -> "NoiseBank":
         return NoiseBank(tuple(r.to(device) for r in self.recordings), self.fs, self.source)
@@ -321,9 +321,10 @@ def flat_bank(bank: NoiseBank) -> FlatBank:
 
 
 @lru_cache(maxsize=8)
-def cached_flat_bank(path: str | None, fs: float, seed: int, device: str) -> FlatBank:
-    """flat_bank(cached_bank(...)), built once per (path, fs, seed, device)."""
-    return flat_bank(cached_bank(path, fs, seed, device))
+def cached_flat_bank(recordings: NoiseRecordings | None, fs: float, seed: int,
+                     device: str) -> FlatBank:
+    """flat_bank(cached_bank(...)), built once per (recordings, fs, seed, device)."""
+    return flat_bank(cached_bank(recordings, fs, seed, device))
 
 
 def synthetic_bank(seed: int, fs: float = 500.0, channels: int = 8, seconds: float = 60.0,
@@ -336,16 +337,54 @@ def synthetic_bank(seed: int, fs: float = 500.0, channels: int = 8, seconds: flo
     return NoiseBank(tuple(comps[:, k].contiguous() for k in range(3)), fs, "synthetic")
 
 
-def _read_resampled(path: str, fs: float) -> torch.Tensor:
-    import wfdb  # only the real-noise path needs it
+@dataclass(frozen=True, eq=False)
+class NoiseRecordings:
+    """Real noise recordings as arrays, by kind (KINDS names): each a float [channels, samples]
+    array at its own sampling rate. clef_model never reads files: the platform reads the noise
+    folder (clef_platform.layout.noise) and hands the arrays here. `digest` names the content
+    (a view's noise depends on it), so two copies of the same recordings share one cached bank.
+    """
+
+    arrays: tuple[tuple[str, np.ndarray, float], ...]   # (kind, [channels, samples], fs)
+    digest: str
+    source: str = ""                                      # where they came from, for logs
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, NoiseRecordings) and other.digest == self.digest
+
+
+def noise_recordings(arrays: dict[str, tuple[np.ndarray, float]], source: str = "") -> NoiseRecordings:
+    """NoiseRecordings from {kind: (array [channels, samples], fs)}; checks kinds and shapes."""
+    h = hashlib.sha256()
+    out = []
+    for kind in KINDS:
+        if kind not in arrays:
+            continue
+        x, fs = arrays[kind]
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] < 2 or not math.isfinite(fs) or fs <= 0:
+            raise ValueError(f"{source or 'noise'}: {kind} must be [channels, samples] at fs > 0, "
+                             f"got shape {x.shape} at {fs} Hz")
+        h.update(f"{kind}:{x.shape}:{fs}".encode())
+        h.update(x.tobytes())
+        out.append((kind, x, float(fs)))
+    unknown = set(arrays) - set(KINDS)
+    if unknown or not out:
+        raise ValueError(f"{source or 'noise'}: kinds must be among {KINDS}, got {sorted(arrays)}")
+    return NoiseRecordings(tuple(out), h.hexdigest(), source)
+
+
+def _resampled(x: np.ndarray, fs_in: float, fs: float) -> torch.Tensor:
     from scipy.signal import resample_poly
 
-    rec = wfdb.rdrecord(path)
-    x = np.asarray(rec.p_signal, dtype=np.float64).T  # [channels, samples]
+    x = np.asarray(x, dtype=np.float64)
     x = x[np.isfinite(x).all(1)]
     if len(x) == 0:
-        raise ValueError(f"noise record {path} has no finite channel")
-    ratio = Fraction(fs / rec.fs).limit_denominator(1000)
+        raise ValueError("a noise recording has no finite channel")
+    ratio = Fraction(fs / fs_in).limit_denominator(1000)
     if ratio != 1:  # polyphase with an anti-alias FIR: NSTDB is 360 Hz, views are 500 Hz
         x = resample_poly(x, ratio.numerator, ratio.denominator, axis=1)
     x = x - x.mean(1, keepdims=True)  # ADC offsets are not noise
@@ -354,24 +393,23 @@ def _read_resampled(path: str, fs: float) -> torch.Tensor:
     return torch.from_numpy(x.astype(np.float32))
 
 
-def load_noise_bank(path: str | None, fs: float = 500.0, seed: int = 0) -> NoiseBank:
-    """Real recordings from `path` (WFDB records ma, em, bw as in the MIT-BIH NSTDB, resampled to
-    fs) where present; a kind whose record is missing falls back to its synthetic model. With
-    path=None, the bank is fully synthetic."""
+def load_noise_bank(recordings: NoiseRecordings | None, fs: float = 500.0,
+                    seed: int = 0) -> NoiseBank:
+    """The bank of `recordings` (resampled to fs, unit RMS per channel); a kind they do not hold
+    falls back to its synthetic model. recordings=None: fully synthetic."""
     synth = synthetic_bank(seed, fs)
-    if path is None:
+    if recordings is None:
         return synth
-    found = [os.path.exists(os.path.join(path, name + ".hea")) for name in NSTDB_RECORDS]
-    if not any(found):
-        raise FileNotFoundError(f"no NSTDB noise record ({', '.join(NSTDB_RECORDS)}).hea in {path}")
-    recs = tuple(_read_resampled(os.path.join(path, name), fs) if ok else synth.recordings[k]
-                 for k, (name, ok) in enumerate(zip(NSTDB_RECORDS, found)))
-    return NoiseBank(recs, fs, path)
+    real = {kind: _resampled(x, fs_in, fs) for kind, x, fs_in in recordings.arrays}
+    recs = tuple(real.get(kind, synth.recordings[k]) for k, kind in enumerate(KINDS))
+    return NoiseBank(recs, fs, recordings.source or recordings.digest[:12])
 
 
 @lru_cache(maxsize=8)
-def cached_bank(path: str | None, fs: float, seed: int, device: str) -> NoiseBank:
-    """Load or synthesise once per (path, fs, seed, device); views call this every batch."""
+def cached_bank(recordings: NoiseRecordings | None, fs: float, seed: int,
+                device: str) -> NoiseBank:
+    """Build or synthesise once per (recordings, fs, seed, device); views call this every
+    batch."""
     if device == "cpu":
-        return load_noise_bank(path, fs, seed)
-    return cached_bank(path, fs, seed, "cpu").to(device)
+        return load_noise_bank(recordings, fs, seed)
+    return cached_bank(recordings, fs, seed, "cpu").to(device)

@@ -43,7 +43,9 @@ class ViewConfig:
     noise_rms_mv: float = 0.1
     noise_kinds: tuple[str, ...] = NOISE_KINDS
     noise_probs: tuple[float, ...] = (0.2, 0.2, 0.2, 0.2, 0.2)
-    noise_path: str | None = None  # directory with NSTDB-style ma/em/bw WFDB records
+    # real ma/em/bw-style recordings (arrays; the platform reads them: layout.noise); None: the
+    # synthetic models
+    noise_recordings: noise.NoiseRecordings | None = None
     noise_mode: str = "bank"  # "bank": seeded segments of long recordings; "fresh": synthesise
     p_same_lead: float = 0.8
     p_mask: float = 0.2
@@ -330,7 +332,7 @@ def _noise_from_u(u_noise: torch.Tensor, u_seg: torch.Tensor, cfg: ViewConfig, s
         rms = torch.linalg.vector_norm(out, dim=-1, keepdim=True) / math.sqrt(length)
         out.mul_(torch.where(rms > 0, target / rms.clamp_min(1e-12), 0.0))
         return _Noise(kind, out, torch.ones(len(kind), 1, device=dev), mix[:0], out[:0])
-    fb = noise.cached_flat_bank(cfg.noise_path, float(cfg.fs), cfg.seed, str(dev))
+    fb = noise.cached_flat_bank(cfg.noise_recordings, float(cfg.fs), cfg.seed, str(dev))
     n = kind.shape[0]
     comp = (kind - 1).clamp_min_(0).masked_fill_(is_mix, 0)  # main component
     uc = u_seg.gather(1, comp[:, None] * 2 + _pair_cols(str(dev)))  # its (channel, offset) uniforms

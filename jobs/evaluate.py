@@ -1,7 +1,14 @@
-"""Linear-probe evaluation of every export of a training run that has no results yet.
+"""Linear-probe (or fine-tune) evaluation of every export of a training run that has no results yet.
 
     python jobs/evaluate.py --run out/runs/demo --data-root out/datasets
     python jobs/evaluate.py --run s3://bucket/runs/r1 --data-root s3://bucket/datasets --watch
+    python jobs/evaluate.py --run out/runs/demo --protocol fine-tune --workers 2 --tasks ludb_rhythm
+
+--protocol linear-probe (default): scikit-learn probes on frozen embeddings. --protocol
+fine-tune: the encoder and a linear head trained per task through Ray Train (the release's
+downstream recipe: AdamW lr 1e-3, OneCycle to 1e-2, early stopping on the validation loss,
+patience 5; bf16 autocast on GPU, fp32 on CPU). Both store into the same results table, keyed
+by protocol.
 
 The records each export trained on (its marker's lineage) are excluded from every probe;
 --pretrain-manifest adds more. Exports without lineage and --released checkpoints are scored
@@ -26,6 +33,13 @@ def positive(text: str) -> float:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
     return v
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
 def released(text: str) -> tuple[str, str]:
@@ -78,7 +92,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score every task on this lead (I, II, ..., V6) instead of each task's "
                         "own (I unless the task says otherwise; the paper's text says I, the "
                         "release's code uses II); the lead is part of every result's key")
+    p.add_argument("--protocol", choices=("linear-probe", "fine-tune"), default="linear-probe",
+                   help="linear-probe: probes on frozen embeddings (default); fine-tune: train "
+                        "the encoder with a linear head per task (Ray Train); part of the key")
+    ft = p.add_argument_group("fine-tune (--protocol fine-tune; defaults: the release's "
+                              "configs/exp/ptbxl_downstream.yaml)")
+    ft.add_argument("--workers", type=_int, default=1, help="Ray Train workers (DDP); each "
+                    "takes a GPU when the cluster has GPUs")
+    ft.add_argument("--cpus-per-worker", type=float, default=1.0)
+    ft.add_argument("--finetune.lr", dest="ft_lr", type=float, default=1e-3,
+                    help="AdamW learning rate (default 1e-3)")
+    ft.add_argument("--finetune.max_lr", dest="ft_max_lr", type=float, default=None,
+                    help="OneCycleLR peak (default 10 x lr = 1e-2)")
+    ft.add_argument("--finetune.weight_decay", dest="ft_wd", type=float, default=1e-5)
+    ft.add_argument("--finetune.epochs", dest="ft_epochs", type=_int, default=100,
+                    help="maximum epochs per fold (default 100)")
+    ft.add_argument("--finetune.patience", dest="ft_patience", type=_int, default=5,
+                    help="epochs without a validation-loss improvement before stopping (5)")
+    ft.add_argument("--finetune.min_delta", dest="ft_min_delta", type=float, default=1e-3,
+                    help="smallest validation-loss drop that counts as an improvement")
+    ft.add_argument("--finetune.batch_size", dest="ft_batch", type=_int, default=64,
+                    help="global batch, split over --workers (default 64)")
+    ft.add_argument("--finetune.folds", dest="ft_folds", type=_int, default=None,
+                    help="kfold tasks: fine-tune only the first N outer folds (default all)")
     return p
+
+
+def finetune_config(a: argparse.Namespace):
+    from clef_platform.evaluate.finetune import FineTuneConfig
+
+    cfg = FineTuneConfig(lr=a.ft_lr, max_lr=a.ft_max_lr, weight_decay=a.ft_wd,
+                         max_epochs=a.ft_epochs, patience=a.ft_patience,
+                         min_delta=a.ft_min_delta, batch_size=a.ft_batch, folds=a.ft_folds,
+                         seed=a.seed, workers=a.workers, cpus_per_worker=a.cpus_per_worker)
+    cfg.validate()
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    from clef_platform.evaluate.finetune import FineTuneError
     from clef_platform.evaluate.metrics import EvalMetrics
     from clef_platform.evaluate.passes import EvalConfig, evaluate_pass
     from clef_platform.evaluate.probes import ProbeConfig
@@ -97,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         tasks = with_lead(load_tasks(a.tasks, a.tasks_dir or TASKS_DIR), a.lead)
-    except TaskError as e:
+        finetune = finetune_config(a)       # checked before Ray starts
+    except (TaskError, FineTuneError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cfg = EvalConfig(run_url=a.run, tasks=tasks, data_root=a.data_root, results_url=a.results,
@@ -106,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                      allow_no_lineage=a.allow_no_lineage, verify_records=not a.no_verify_records,
                      random_baseline=not a.no_random_baseline, random_seed=a.seed,
                      probe=ProbeConfig(n_bootstrap=a.n_bootstrap), retries=a.retries,
-                     actors=a.actors)
+                     actors=a.actors, protocol=a.protocol, finetune=finetune)
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=False)

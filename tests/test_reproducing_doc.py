@@ -57,3 +57,25 @@ def test_every_paper_constant_is_in_the_table_with_file_and_line():
     assert P["optim"]["schedule"] == "cosine-restarts" and "CosineAnnealingWarmRestarts" in table[
         "schedule"]
     assert P["deepspeed"]["precision"] == "fp32" and "fp32" in table["precision"]
+
+
+def test_every_fine_tune_constant_is_the_protocol_default():
+    """The downstream rows' numbers are FineTuneConfig's defaults, each row citing the release."""
+    from clef_platform.evaluate.finetune import FineTuneConfig
+
+    d = FineTuneConfig()
+    table = rows()
+    for label, text, value in [("fine-tune learning rate", "1e-3", d.lr),
+                               ("fine-tune weight decay", "1e-5", d.weight_decay),
+                               ("fine-tune epochs", "100", d.max_epochs),
+                               ("fine-tune batch size", "64", d.batch_size),
+                               ("fine-tune patience", "5", d.patience),
+                               ("fine-tune patience delta", "0.001", d.min_delta)]:
+        release = table[label].split("|")[2]
+        assert float(text) == float(value), (label, value)
+        assert CITE.search(release) and text in release, (label, release)
+    assert d.peak_lr == 10 * d.lr == 1e-2 and "lr x 10" in table["fine-tune schedule"]
+    for label in ("fine-tune protocol", "fine-tune head", "fine-tune loss", "fine-tune optimiser",
+                  "fine-tune early stopping", "fine-tune precision", "fine-tune lead", "noise"):
+        assert CITE.search(table[label].split("|")[2]), label
+    assert "--data.noise_dir" in table["noise"]

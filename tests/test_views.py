@@ -310,21 +310,15 @@ def test_fresh_noise_mode_is_deterministic(ludb):
     assert torch.allclose(rms, torch.full_like(rms, 0.1), rtol=1e-4)
 
 
-def test_real_noise_records_from_a_path(tmp_path, ludb):
-    """NSTDB-style WFDB records (written here from synthetic data at 360 Hz) are resampled to
-    500 Hz and used for the views."""
-    from pathlib import Path
-
-    import wfdb
-
+def test_real_noise_recordings_from_arrays(ludb):
+    """NSTDB-style recordings (2 channels at 360 Hz, handed over as arrays: clef_model reads no
+    files) are resampled to 500 Hz and used for the views."""
     fs_in, secs = 360, 60
     t = np.arange(fs_in * secs) / fs_in
-    bw = np.stack([0.4 * np.sin(2 * np.pi * 0.3 * t), 0.2 * np.sin(2 * np.pi * 0.5 * t + 1)], 1)
-    for name, sig in (("bw", bw),):
-        wfdb.wrsamp(name, fs=fs_in, units=["mV", "mV"], sig_name=["noise1", "noise2"],
-                    p_signal=sig, fmt=["16", "16"], write_dir=str(tmp_path))
-    bank = noise.load_noise_bank(str(tmp_path), fs=500.0)
-    assert bank.source == str(tmp_path)
+    bw = np.stack([0.4 * np.sin(2 * np.pi * 0.3 * t), 0.2 * np.sin(2 * np.pi * 0.5 * t + 1)])
+    rec_in = noise.noise_recordings({"baseline": (bw, fs_in)}, source="sines")
+    bank = noise.load_noise_bank(rec_in, fs=500.0)
+    assert bank.source == "sines"
     rec = bank.recordings[noise.KINDS.index("baseline")]
     assert rec.shape == (2, 500 * secs)
     t5 = np.arange(500 * secs) / 500
@@ -334,7 +328,7 @@ def test_real_noise_records_from_a_path(tmp_path, ludb):
     # the kinds with no record fall back to the synthetic bank
     assert torch.equal(bank.recordings[0], noise.synthetic_bank(0).recordings[0])
 
-    cfg = ViewConfig(noise_path=str(tmp_path), noise_probs=(0, 0, 0, 1.0, 0))
+    cfg = ViewConfig(noise_recordings=rec_in, noise_probs=(0, 0, 0, 1.0, 0))
     seeds = record_seeds(0, [f"r{i}" for i in range(32)], 0)
     nz, kind = view_noise(seeds, 0, cfg)
     assert torch.all(kind == NOISE_KINDS.index("baseline"))
@@ -345,8 +339,10 @@ def test_real_noise_records_from_a_path(tmp_path, ludb):
     x, keys = ludb
     v1, v2 = make_views(x[:4], _all(4), record_seeds(0, keys[:4], 0), cfg)
     assert v1.shape == (4, 1, 5000) and torch.isfinite(v1).all()
-    with pytest.raises(FileNotFoundError):
-        noise.load_noise_bank(str(tmp_path / "nothing"))
+    with pytest.raises(ValueError, match="baseline must be \\[channels, samples\\]"):
+        noise.noise_recordings({"baseline": (bw[0], fs_in)})
+    with pytest.raises(ValueError, match="kinds must be among"):
+        noise.noise_recordings({"hum": (bw, fs_in)})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -163,6 +163,72 @@ def excluded_count(dataset: Dataset, exclude_hashes: frozenset[str]) -> int:
     return int(dataset.frame()["sha256"].isin(exclude_hashes).sum())
 
 
+@dataclass
+class Windows:
+    """The cropped lead windows of a dataset's records (what fine-tuning trains on)."""
+
+    records: list[dict[str, Any]]     # as Embeddings.records
+    X: np.ndarray                     # float32 [N, window], cropped, not yet band-passed
+    n_excluded: int
+    seconds: float
+
+    @property
+    def patient_ids(self) -> np.ndarray:
+        return np.array([r.get("patient_id") or r["key"] for r in self.records])
+
+
+def _shards(dataset: Dataset, lead_index: int, window: int, exclude_hashes: frozenset[str],
+            verify_records: bool):
+    """Ray Data: one block per shard -> one row per kept record (verified reads)."""
+    import ray
+
+    shards = [asdict(s) for _, s in sorted(dataset.shards.items())]
+    if not shards:
+        raise DatasetError(f"{dataset.url}: no shards")
+    ds = ray.data.from_items(shards, override_num_blocks=len(shards))
+    ds = ds.flat_map(_shard_views, fn_kwargs=dict(
+        store_url=dataset.store.url, lead_index=lead_index, window=window,
+        exclude_hashes=exclude_hashes, verify_records=verify_records), num_cpus=0.25)
+    # Raise what a task raised (RayTaskError(DatasetError)), not Ray Data's UserCodeException
+    # wrapper, so a damaged shard reaches the caller as the DatasetError naming it.
+    ds.context.raise_original_map_exception = True
+    return ds
+
+
+def _take_all(ds) -> list[dict[str, Any]]:
+    try:
+        rows = ds.take_all()
+    except Exception as e:
+        err = dataset_error(e)
+        if err is None:
+            raise
+        raise err from None
+    return sorted(rows, key=lambda r: r["key"])
+
+
+def _usable(rows: list[dict[str, Any]], dataset: Dataset, lead_index: int):
+    missing_lead = [r["key"] for r in rows if not r["lead_present"]]
+    if missing_lead:
+        log.info("%s: %d record(s) without a usable lead %d left out",
+                 dataset.url, len(missing_lead), lead_index)
+    return [r for r in rows if r["lead_present"]]
+
+
+def read_windows(dataset: Dataset, lead_index: int, window: int,
+                 exclude_hashes: frozenset[str] = frozenset(),
+                 verify_records: bool = True) -> Windows:
+    """The cropped windows of every record of `dataset` not excluded for leakage (by key);
+    the same verified read as `extract`. A damaged shard raises DatasetError naming it."""
+    t0 = time.perf_counter()
+    rows = _usable(_take_all(_shards(dataset, lead_index, window, exclude_hashes,
+                                     verify_records)), dataset, lead_index)
+    X = (np.stack([np.asarray(r["x"], dtype=np.float32) for r in rows]) if rows
+         else np.zeros((0, window), np.float32))
+    return Windows(records=[json.loads(r["meta_json"]) for r in rows], X=X,
+                   n_excluded=excluded_count(dataset, exclude_hashes),
+                   seconds=time.perf_counter() - t0)
+
+
 def extract(dataset: Dataset, spec: ModelSpec, lead_index: int, window: int,
             exclude_hashes: frozenset[str] = frozenset(), actors: int | None = None,
             batch_size: int = 32, threads_per_actor: int = 1,
@@ -174,34 +240,13 @@ def extract(dataset: Dataset, spec: ModelSpec, lead_index: int, window: int,
 
     t0 = time.perf_counter()
     n_excluded = excluded_count(dataset, exclude_hashes)
-    shards = [asdict(s) for _, s in sorted(dataset.shards.items())]
-    if not shards:
-        raise DatasetError(f"{dataset.url}: no shards")
     actors = actors or default_actors()
-    ds = ray.data.from_items(shards, override_num_blocks=len(shards))
-    ds = ds.flat_map(_shard_views, fn_kwargs=dict(
-        store_url=dataset.store.url, lead_index=lead_index, window=window,
-        exclude_hashes=exclude_hashes, verify_records=verify_records), num_cpus=0.25)
+    ds = _shards(dataset, lead_index, window, exclude_hashes, verify_records)
     ds = ds.map_batches(_Embedder, fn_constructor_kwargs={"spec": spec,
                                                           "threads": threads_per_actor},
                         compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size,
                         num_cpus=threads_per_actor * 0.75, batch_format="numpy")
-    # Raise what a task raised (RayTaskError(DatasetError)), not Ray Data's UserCodeException
-    # wrapper, so a damaged shard reaches the caller as the DatasetError naming it.
-    ds.context.raise_original_map_exception = True
-    try:
-        rows = ds.take_all()
-    except Exception as e:
-        err = dataset_error(e)
-        if err is None:
-            raise
-        raise err from None
-    rows.sort(key=lambda r: r["key"])
-    missing_lead = [r["key"] for r in rows if not r["lead_present"]]
-    if missing_lead:
-        log.info("%s: %d record(s) without a usable lead %d left out",
-                 dataset.url, len(missing_lead), lead_index)
-    rows = [r for r in rows if r["lead_present"]]
+    rows = _usable(_take_all(ds), dataset, lead_index)
     records = [json.loads(r["meta_json"]) for r in rows]
     X = (np.stack([np.asarray(r["embedding"], dtype=np.float32) for r in rows])
          if rows else np.zeros((0, 0), np.float32))

@@ -6,7 +6,8 @@
 2. open each task's dataset (`layout.dataset.open_dataset`); a result's key is (model identity,
    task, probe config hash, dataset digest, protocol, exclusion digest) (`layout.results`);
 3. for each key not stored, embed the dataset once per model (Ray Data, verified shard reads) and
-   fit the probe; each result is stored as soon as it exists, created only if absent, so
+   fit the probe (`--protocol fine-tune`: read the windows once per dataset and lead and
+   fine-tune the encoder with a linear head through Ray Train, `finetune`); each result is stored as soon as it exists, created only if absent, so
    evaluators racing on the same run store every result exactly once;
 4. a failing task (a damaged shard included) is logged and retried `retries` times, then left
    without a result (the next pass tries again) while the other tasks go on;
@@ -27,15 +28,17 @@ from typing import Callable
 
 from clef_platform.evaluate.data import join_url
 from clef_platform.evaluate.discovery import baselines, discover_exports
-from clef_platform.evaluate.embed import EMBED_VERSION, Embeddings, ModelSpec, extract
+from clef_platform.evaluate.embed import (EMBED_VERSION, Embeddings, ModelSpec, Windows,
+                                          extract, read_windows)
+from clef_platform.evaluate.finetune import FINE_TUNE, FineTuneConfig, run_finetune
 from clef_platform.evaluate.leakage import Exclusion, run_exclusion
 from clef_platform.evaluate.probes import ProbeConfig, run_probe
 from clef_platform.evaluate.tasks import TaskSpec, compute_labels
 from clef_platform.layout.dataset import Dataset, dataset_exists, open_dataset
 from clef_platform.layout.errors import DatasetError, ExportError
 from clef_platform.layout.export import fetch_export
-from clef_platform.layout.results import (PROTOCOL, ResultKey, ResultRow, ResultsStore,
-                                          results_url)
+from clef_platform.layout.results import (PROTOCOL, PROTOCOLS, ResultKey, ResultRow,
+                                          ResultsStore, results_url)
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +62,13 @@ class EvalConfig:
     retry_delay_s: float = 1.0
     actors: int | None = None
     batch_size: int = 32
+    protocol: str = PROTOCOL                # linear-probe | fine-tune
+    finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"--protocol {self.protocol!r}: expected one of "
+                             f"{', '.join(PROTOCOLS)}")
         self.run_url = str(self.run_url).rstrip("/")
         self.results_url = self.results_url or results_url(self.run_url)
         self.report_url = self.report_url or f"{self.run_url}/eval/report"
@@ -85,6 +93,8 @@ def _dumps(o) -> str:
 
 
 def config_hash(cfg: EvalConfig, task: TaskSpec) -> str:
+    if cfg.protocol == FINE_TUNE:
+        return cfg.finetune.hash(task, EMBED_VERSION, cfg.probe)
     return cfg.probe.hash(task, EMBED_VERSION)
 
 
@@ -127,6 +137,7 @@ def evaluate_pass(cfg: EvalConfig, metrics=None, render: bool = True,
     summary.no_lineage += skipped
     models = exports + base
     results = ResultsStore(cfg.results_url)
+    windows: dict[tuple[str, int, int], Windows] = {}
 
     datasets: dict[str, Dataset] = {}
     tasks = []
@@ -153,7 +164,7 @@ def evaluate_pass(cfg: EvalConfig, metrics=None, render: bool = True,
         for t, url, h in tasks:
             key = ResultKey(model=model.identity, task=t.name, config_hash=h,
                             dataset_digest=datasets[url].digest,
-                            exclusion_digest=exclusion.digest, protocol=PROTOCOL)
+                            exclusion_digest=exclusion.digest, protocol=cfg.protocol)
             if key.digest in have:
                 summary.already += 1
             else:
@@ -171,13 +182,19 @@ def evaluate_pass(cfg: EvalConfig, metrics=None, render: bool = True,
                 continue
         for (url, lead, window), group in groups.items():
             ds = datasets[url]
+            if cfg.protocol == FINE_TUNE:
+                # The windows do not depend on the model: read once per dataset and lead.
+                what, make = "reading", lambda: _windows(cfg, windows, ds, lead, window,
+                                                        exclusion)
+                score = _finetune_row
+            else:
+                what, make = "embedding", lambda: extract(
+                    ds, model, lead, window, exclusion.hashes, actors=cfg.actors,
+                    batch_size=cfg.batch_size, verify_records=cfg.verify_records)
+                score = _probe_row
             try:
-                emb = _attempt(
-                    f"embedding {url} with {model.checkpoint_id}",
-                    lambda: extract(ds, model, lead, window, exclusion.hashes,
-                                    actors=cfg.actors, batch_size=cfg.batch_size,
-                                    verify_records=cfg.verify_records),
-                    cfg.retries, cfg.retry_delay_s)
+                data = _attempt(f"{what} {url} for {model.checkpoint_id}", make, cfg.retries,
+                                cfg.retry_delay_s)
             except Exception as e:
                 for t, _ in group:
                     summary.failed.append((model.checkpoint_id, t.name, _one_line(e)))
@@ -187,7 +204,7 @@ def evaluate_pass(cfg: EvalConfig, metrics=None, render: bool = True,
             for t, h in group:
                 try:
                     row = _attempt(f"task {t.name} on {model.checkpoint_id}",
-                                   lambda: _probe_row(cfg, model, t, h, ds, emb, exclusion),
+                                   lambda: score(cfg, model, t, h, ds, data, exclusion),
                                    cfg.retries, cfg.retry_delay_s)
                 except Exception as e:
                     summary.failed.append((model.checkpoint_id, t.name, _one_line(e)))
@@ -196,8 +213,9 @@ def evaluate_pass(cfg: EvalConfig, metrics=None, render: bool = True,
                     continue
                 if results.add(row):
                     summary.added += 1
-                    log.info("%s %s step %s: %s %.4f [%.4f, %.4f] (%s)", t.name, model.kind,
-                             model.step, row.metric, row.value, row.lower, row.upper, row.status)
+                    log.info("%s %s %s step %s: %s %.4f [%.4f, %.4f] (%s)", t.name,
+                             row.protocol, model.kind, model.step, row.metric, row.value,
+                             row.lower, row.upper, row.status)
                 else:
                     summary.already += 1
                     log.info("%s on %s: stored meanwhile by another evaluator; kept that one",
@@ -222,22 +240,66 @@ def evaluate_pass(cfg: EvalConfig, metrics=None, render: bool = True,
     return summary
 
 
-def _probe_row(cfg: EvalConfig, model: ModelSpec, task: TaskSpec, h: str, ds: Dataset,
-               emb: Embeddings, exclusion: Exclusion) -> ResultRow:
-    t0 = time.perf_counter()
-    labels = compute_labels(task, emb.records)
-    base = dict(checkpoint=model.checkpoint_id, kind=model.kind, run=cfg.run_url,
+def _windows(cfg: EvalConfig, cache: dict, ds: Dataset, lead: int, window: int,
+             exclusion: Exclusion) -> Windows:
+    k = (ds.url, lead, window)
+    if k not in cache:
+        cache[k] = read_windows(ds, lead, window, exclusion.hashes,
+                                verify_records=cfg.verify_records)
+    return cache[k]
+
+
+def _row_base(cfg: EvalConfig, model: ModelSpec, task: TaskSpec, h: str, ds: Dataset,
+              n_excluded: int, labels, exclusion: Exclusion) -> dict:
+    return dict(checkpoint=model.checkpoint_id, kind=model.kind, run=cfg.run_url,
                 step=-1 if model.step is None else int(model.step), task=task.name,
                 config_hash=h, metric=task.metric, dataset=ds.url, dataset_digest=ds.digest,
                 export_digest=model.digest, exclusion_digest=exclusion.digest,
-                protocol=PROTOCOL, lineage=model.lineage,
-                n_excluded_leakage=emb.n_excluded, skipped=_dumps(labels.skipped))
+                protocol=cfg.protocol, lead=task.lead,
+                lineage=model.lineage, n_excluded_leakage=n_excluded,
+                skipped=_dumps(labels.skipped))
+
+
+def _skipped(task: TaskSpec, labels, base: dict) -> ResultRow | None:
+    """The `skipped` row when no class (or too few regression labels) reaches the minimum."""
     if not labels.classes and task.label.kind != "regression" or \
             task.label.kind == "regression" and labels.skipped:
         log.warning("task %s: nothing reaches the minimum (%s); skipped", task.name,
                     labels.skipped)
         return ResultRow(**base, status="skipped", value=float("nan"), lower=float("nan"),
                          upper=float("nan"), n_records=int(labels.has_label.sum()), n_test=0)
+    return None
+
+
+def _finetune_row(cfg: EvalConfig, model: ModelSpec, task: TaskSpec, h: str, ds: Dataset,
+                  win: Windows, exclusion: Exclusion) -> ResultRow:
+    from clef_platform.evaluate.data import eval_views
+
+    labels = compute_labels(task, win.records)
+    base = _row_base(cfg, model, task, h, ds, win.n_excluded, labels, exclusion)
+    skipped = _skipped(task, labels, base)
+    if skipped is not None:
+        return skipped
+    res = run_finetune(cfg.finetune, model, task, labels, eval_views(win.X), win.records,
+                       win.patient_ids, bootstrap=cfg.probe)
+    detail = {"folds": res.folds, "device": res.device, "precision": res.precision,
+              "workers": cfg.finetune.workers, "finetune_s": round(res.seconds, 2),
+              "read_s": round(win.seconds, 2), "recipe": cfg.finetune.recipe(),
+              "leakage_sources": list(exclusion.sources), "counts": labels.counts,
+              "verify_records": cfg.verify_records}
+    return ResultRow(**base, status="ok", value=res.value, lower=res.lower, upper=res.upper,
+                     n_records=res.n_records, n_test=res.n_test, classes=_dumps(res.classes),
+                     per_class=_dumps(res.per_class), detail=_dumps(detail))
+
+
+def _probe_row(cfg: EvalConfig, model: ModelSpec, task: TaskSpec, h: str, ds: Dataset,
+               emb: Embeddings, exclusion: Exclusion) -> ResultRow:
+    t0 = time.perf_counter()
+    labels = compute_labels(task, emb.records)
+    base = _row_base(cfg, model, task, h, ds, emb.n_excluded, labels, exclusion)
+    skipped = _skipped(task, labels, base)
+    if skipped is not None:
+        return skipped
     res = run_probe(task, labels, emb.X, emb.records, emb.patient_ids, cfg.probe)
     detail = {"chosen": res.chosen, "n_train": res.n_train, "embed_s": round(emb.seconds, 2),
               "probe_s": round(time.perf_counter() - t0, 2),

@@ -1,6 +1,6 @@
 """The per-run HTML report: one PNG per task (metric against training step with its 95 %
-interval, baselines as reference lines with their intervals as bands) and a table of the latest
-figures, including how many records were excluded for leakage and which labels were skipped.
+interval, one series per protocol and lead, baselines as reference lines with their intervals
+as bands) and a table of the latest figures (one row per task, protocol and lead), including how many records were excluded for leakage and which labels were skipped.
 
 Written to `<run>/eval/report/` (index.html + <task>.png) through the object store.
 """
@@ -28,26 +28,33 @@ NO_LINEAGE = "no lineage: leakage not checked"
 _COLORS = ["tab:gray", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
 
 
-def _plot(task: str, metric: str, exports: pd.DataFrame, base: pd.DataFrame) -> bytes:
+def _plot(task: str, metric: str, ok: pd.DataFrame) -> bytes:
+    """Exports against step, one series per (protocol, lead); baselines as reference lines."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    if len(exports):
-        e = exports.sort_values("step")
-        x, v = e["step"].to_numpy(float), e["value"].to_numpy(float)
-        lo, hi = e["lower"].to_numpy(float), e["upper"].to_numpy(float)
-        ax.errorbar(x, v, yerr=[np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)],
-                    fmt="o-", color="tab:blue", capsize=3, label="checkpoint (95% CI)")
-    for i, (_, row) in enumerate(base.iterrows()):
-        c = _COLORS[i % len(_COLORS)]
-        ax.axhline(float(row["value"]), color=c, ls="--", lw=1.2,
-                   label=baseline_name(row["checkpoint"]))
-        ax.axhspan(float(row["lower"]), float(row["upper"]), color=c, alpha=0.12)
+    i = 0
+    for j, ((protocol, lead), g) in enumerate(ok.groupby(["protocol", "lead"], sort=True)):
+        what = f"{protocol}, lead {lead}"
+        e = g[g["kind"] == "export"].sort_values("step")
+        if len(e):
+            x, v = e["step"].to_numpy(float), e["value"].to_numpy(float)
+            lo, hi = e["lower"].to_numpy(float), e["upper"].to_numpy(float)
+            ax.errorbar(x, v, yerr=[np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)],
+                        fmt="o-" if j == 0 else "s--", capsize=3,
+                        label=f"checkpoint (95% CI), {what}")
+        base = g[g["kind"] != "export"].sort_values("created_at").groupby("checkpoint").tail(1)
+        for _, row in base.iterrows():
+            c = _COLORS[i % len(_COLORS)]
+            i += 1
+            ax.axhline(float(row["value"]), color=c, ls="--", lw=1.2,
+                       label=f"{baseline_name(row['checkpoint'])}, {what}")
+            ax.axhspan(float(row["lower"]), float(row["upper"]), color=c, alpha=0.12)
     if metric == "auroc":
         ax.axhline(0.5, color="black", lw=0.6, ls=":", label="chance")
     ax.set_xlabel("training step")
     ax.set_ylabel(metric.upper() + (" (lower is better)" if metric == "mae" else ""))
     ax.set_title(task)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -71,37 +78,41 @@ def render_report(df: pd.DataFrame, report_url: str, tasks=(), run_url: str = ""
     desc = {t.name: t.description for t in tasks}
     leads = {t.name: t.lead for t in tasks}
     rows_html, figs_html = [], []
+    if len(df):
+        # Rows stored before the lead was recorded: the task's current lead.
+        df = df.assign(lead=[r or leads.get(t, "?") for r, t in zip(df["lead"], df["task"])])
     for name in names:
         d = df[df["task"] == name]
-        exports = d[(d["kind"] == "export") & (d["status"] == "ok")]
-        base = d[(d["kind"] != "export") & (d["status"] == "ok")]
-        base = base.sort_values("created_at").groupby("checkpoint").tail(1)
         if not len(d):
             why = "dataset not ingested" if name in missing else "no results yet"
             rows_html.append(f"<tr><td>{html.escape(name)}</td><td colspan=8>{why}</td></tr>")
             continue
         metric = d["metric"].iloc[0]
-        if len(exports) or len(base):
-            store.put_bytes(f"{name}.png", _plot(name, metric, exports, base))
+        ok = d[d["status"] == "ok"]
+        if len(ok):
+            store.put_bytes(f"{name}.png", _plot(name, metric, ok))
             figs_html.append(f'<figure><img src="{html.escape(name)}.png" alt="{html.escape(name)}">'
                              f"<figcaption>{html.escape(desc.get(name, name))}</figcaption></figure>")
-        ex = d[d["kind"] == "export"].sort_values(["step", "created_at"])
-        latest = ex.iloc[-1] if len(ex) else d.iloc[-1]
-        bl = "<br>".join(f"{html.escape(baseline_name(r['checkpoint']))}: {_fmt(r)}"
-                         for _, r in base.iterrows()) or "-"
-        skipped = json.loads(latest["skipped"] or "{}")
-        classes = json.loads(latest["classes"] or "[]")
-        rows_html.append(
-            "<tr>" + "".join(f"<td>{c}</td>" for c in [
-                html.escape(name),
-                html.escape(f"{latest['protocol']}, lead {leads.get(name, '?')}"),
-                html.escape(metric.upper()),
-                "-" if latest["kind"] != "export" else int(latest["step"]),
-                html.escape(_fmt(latest)), bl, int(latest["n_test"]),
-                int(latest["n_excluded_leakage"]),
-                html.escape(f"{len(classes)} probed; {len(skipped)} skipped"
-                            + (": " + ", ".join(sorted(skipped))[:300] if skipped else ""))])
-            + "</tr>")
+        # One table row per protocol and lead: their figures are not comparable.
+        for (protocol, lead), g in d.groupby(["protocol", "lead"], sort=True):
+            base = g[(g["kind"] != "export") & (g["status"] == "ok")]
+            base = base.sort_values("created_at").groupby("checkpoint").tail(1)
+            ex = g[g["kind"] == "export"].sort_values(["step", "created_at"])
+            latest = ex.iloc[-1] if len(ex) else g.iloc[-1]
+            bl = "<br>".join(f"{html.escape(baseline_name(r['checkpoint']))}: {_fmt(r)}"
+                             for _, r in base.iterrows()) or "-"
+            skipped = json.loads(latest["skipped"] or "{}")
+            classes = json.loads(latest["classes"] or "[]")
+            rows_html.append(
+                "<tr>" + "".join(f"<td>{c}</td>" for c in [
+                    html.escape(name), html.escape(f"{protocol}, lead {lead}"),
+                    html.escape(metric.upper()),
+                    "-" if latest["kind"] != "export" else int(latest["step"]),
+                    html.escape(_fmt(latest)), bl, int(latest["n_test"]),
+                    int(latest["n_excluded_leakage"]),
+                    html.escape(f"{len(classes)} probed; {len(skipped)} skipped"
+                                + (": " + ", ".join(sorted(skipped))[:300] if skipped else ""))])
+                + "</tr>")
     n_excl = (df.groupby("dataset")["n_excluded_leakage"].max().to_dict() if len(df) else {})
     excl_html = "".join(f"<li>{html.escape(str(k))}: {int(v)} record(s) excluded because the "
                         f"checkpoint was pretrained on them</li>" for k, v in n_excl.items())
@@ -111,11 +122,11 @@ def render_report(df: pd.DataFrame, report_url: str, tasks=(), run_url: str = ""
     lineage_html += "".join(f"<li><code>{html.escape(c)}</code>: not scored: {html.escape(w)}"
                             f"</li>" for c, w in sorted((not_scored or {}).items()))
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>CLEF probe evaluation: {html.escape(run_url)}</title>
+<html><head><meta charset="utf-8"><title>CLEF downstream evaluation: {html.escape(run_url)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}}
 figure{{display:inline-block;margin:8px}}img{{max-width:640px}}</style></head><body>
-<h1>Linear-probe evaluation</h1>
+<h1>Downstream evaluation (linear probes, fine-tuning)</h1>
 <p>Run: <code>{html.escape(run_url)}</code>. Metrics: macro AUROC (higher is better), MAE
 (lower is better); intervals are 95% patient-level bootstrap percentile intervals.</p>
 <h2>Latest figures</h2>

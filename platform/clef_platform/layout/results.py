@@ -31,7 +31,8 @@ from clef_platform.storage import ObjectStore, open_store
 SCHEMA_VERSION = 1
 RESULTS_PREFIX = "eval/results"
 SUFFIX = ".json"
-PROTOCOL = "linear-probe"
+PROTOCOL = "linear-probe"             # the default protocol
+PROTOCOLS = ("linear-probe", "fine-tune")
 
 
 class ResultsError(ValueError):
@@ -76,7 +77,9 @@ class ResultRow:
     dataset_digest: str = ""
     export_digest: str = ""  # the export's ExportMarker.digest ("" for baselines)
     exclusion_digest: str = ""
-    protocol: str = PROTOCOL
+    protocol: str = PROTOCOL  # linear-probe | fine-tune (part of the key)
+    lead: str = ""           # the lead scored (part of the key through config_hash; "" in
+    #                          results stored before it was recorded)
     lineage: str = "checked"  # checked | none (scored without lineage: leakage not checked)
     classes: str = "[]"      # JSON list of probed classes
     skipped: str = "{}"      # JSON {class: why} of classes below the minimum

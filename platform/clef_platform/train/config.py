@@ -91,8 +91,13 @@ class DataConfig:
     view_length: int = _f(5000, "samples per view (500 Hz; CLEF uses 5000 = 10 s)")
     view_profile: str = _f("platform", "'platform': the batched FFT band-pass; 'paper': the "
                                        "release's scipy filtfilt band-pass (default padding, "
-                                       "CPU); noise stays the platform's (docs/reproducing.md)",
+                                       "CPU) (docs/reproducing.md)",
                            choices=["platform", "paper"])
+    noise_dir: str = _f("", "local folder of real noise records mixed into the views, named "
+                            "as in the MIT-BIH Noise Stress Test Database: ma, em, bw, each a "
+                            "WFDB record (.hea) or .npz (signal [channels, samples], fs); "
+                            "resampled to the view rate (docs/training.md). Empty: the "
+                            "synthetic noise models")
     verify: str = _f("shards", "what reads check: 'shards' (each shard's size, SHA-256 and record "
                                "count against the dataset's index, ~one hash pass over the data), "
                                "'records' (also each record's signal SHA-256), 'none'",
@@ -234,6 +239,13 @@ class PretrainConfig:
             errors.append("--data (an ingested dataset URL) is required")
         if self.bf16 and not self.deepspeed.enabled and not self.use_gpu:
             errors.append("bf16 without DeepSpeed is only supported on GPU")
+        if self.data.noise_dir:
+            from clef_platform.layout.noise import NoiseFileError, read_noise_dir
+
+            try:        # read once here, so a bad file is one line before Ray starts
+                read_noise_dir(self.data.noise_dir)
+            except NoiseFileError as e:
+                errors.append(f"--data.noise_dir: {e}")
         if errors:
             raise ValueError("invalid pretraining config: " + "; ".join(errors))
         return self

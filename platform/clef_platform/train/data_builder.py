@@ -35,11 +35,12 @@ class Data:
         self.rank, self.trace_dir, self.step = rank, cfg.trace_dir, start_step
         self.damaged = 0          # shards/records skipped by the loader (data.on_damage=skip)
         self.vcfg = ViewConfig(length=p.data.view_length, seed=p.seed,
-                               profile=p.data.view_profile)
-        if p.data.view_profile == "paper" and rank == 0:
-            log.info("view profile paper: the release's filtfilt band-pass; noise is the "
-                     "platform's synthetic models (the release's recorded-noise .mat file is "
-                     "not supported)")
+                               profile=p.data.view_profile,
+                               noise_recordings=noise_recordings(p.data.noise_dir))
+        if rank == 0:
+            log.info("view profile %s: %s", p.data.view_profile,
+                     f"real noise records from {p.data.noise_dir}" if p.data.noise_dir else
+                     "the synthetic noise models are used (no --data.noise_dir)")
         table = D.resolve_risk_table(cfg.risk_table)
         self._it = D.make_batches(p, rank, world, table, self.vcfg,
                                   start_micro=start_step * p.optim.grad_accum,
@@ -68,6 +69,16 @@ class Data:
             v1, v2 = make_views(batch["signals"].to(device), batch["lead_mask"].to(device),
                                 batch["seeds"].to(device), self.vcfg)
         return v1, v2, batch["risk"].to(device), batch["missing"].to(device)
+
+
+def noise_recordings(folder: str):
+    """The run's real noise (`--data.noise_dir`, layout.noise), or None for the synthetic
+    models."""
+    if not folder:
+        return None
+    from clef_platform.layout.noise import read_noise_dir
+
+    return read_noise_dir(folder)
 
 
 def build_data(cfg: DataBuilderConfig, rank: int, world: int, start_step: int) -> Data:
