@@ -1,6 +1,7 @@
 """Ingest one ECG corpus into sharded WebDataset tarballs (local folder or s3://).
 
     python jobs/ingest.py --corpus ludb --source data/ludb/data --dest out/ludb
+    python jobs/ingest.py --corpus-spec my-corpus.yaml --source /data/my-corpus --dest out/mine
     ray job submit -- python jobs/ingest.py --corpus ... --source ... --dest s3://bucket/ludb
 
 Locally it starts its own Ray instance (`ray.init(address="local")`); under `ray job submit`
@@ -65,7 +66,10 @@ def split_ratios(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--corpus", required=True, help="registered adapter name (e.g. ludb, wfdb)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--corpus", help="registered adapter or corpora/ spec name (e.g. ludb, wfdb)")
+    which.add_argument("--corpus-spec", type=Path, default=None,
+                       help="a corpus spec YAML file (docs/ingestion.md, 'Corpus specs')")
     p.add_argument("--source", required=True,
                    help="corpus folder, or its s3:// URL (each host mirrors it; docs/ingestion.md)")
     p.add_argument("--dest", required=True, help="dataset URL: a folder, file://..., s3://...")
@@ -107,7 +111,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    from clef_platform.ingest.pipeline import IngestConfig, ShardResult, run_ingest
+    from clef_platform.ingest.pipeline import (IngestConfig, ShardResult, default_list_refs,
+                                               run_ingest)
+    list_refs = default_list_refs
+    if args.corpus_spec is not None:
+        from clef_platform.ingest.spec import SpecAdapter, SpecError, load_spec
+
+        try:   # checked whole, table columns included, before Ray starts or a record is read
+            spec = load_spec(args.corpus_spec, source=None if args.source.startswith("s3://")
+                             else Path(args.source))
+        except SpecError as e:
+            print(f"--corpus-spec {e}", file=sys.stderr)
+            return 2
+        args.corpus = spec.name
+        list_refs = lambda _corpus, source: SpecAdapter(spec).list_records(source)  # noqa: E731
     from clef_platform.layout.dataset import DestinationConflict
     from clef_platform.metrics import IngestMetrics, MetricsServer
 
@@ -133,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         import ray.data
         # Our own bar counts shards; Ray Data's would repeat it in the log.
         ray.data.DataContext.get_current().enable_progress_bars = False
-        summary = run_ingest(cfg, on_plan=on_plan, on_shard=on_shard)
+        summary = run_ingest(cfg, list_refs=list_refs, on_plan=on_plan, on_shard=on_shard)
     except DestinationConflict as e:
         print(f"ingest refused: {e}", file=sys.stderr)
         return 1

@@ -33,3 +33,22 @@ def ludb_pretrain_config(ludb: dict, tmp_path: Path, run_name: str, *extra: str)
         "--features", ludb["features"], "--storage", str(tmp_path / "runs"),
         "--run-name", run_name, "--cpus-per-worker", "1", "--data.loader_workers", "1",
         "--metrics.log_every", "1", *extra])
+
+
+# Corpora whose Python adapters became specs: (source folder, shard bytes) of the ingests whose
+# shard digests tests/reference/golden_shards.json recorded from the adapters.
+GOLDEN_INGESTS = {"ludb": ("data/ludb", 1_000_000), "cinc2021": ("data/cinc2021-sample", 600_000)}
+
+
+def ingest_fingerprint(corpus: str, source: Path, dest: Path, shard_bytes: int,
+                       list_refs=None) -> dict:
+    """Ingest `source` as `corpus` into `dest` (Ray initialised): the dataset digest, record
+    count and every shard's SHA-256."""
+    from clef_platform.ingest.pipeline import IngestConfig, default_list_refs, run_ingest
+    from clef_platform.layout.dataset import open_dataset
+
+    summary = run_ingest(IngestConfig(corpus, source, str(dest), shard_bytes=shard_bytes),
+                         list_refs=list_refs or default_list_refs)
+    dataset = open_dataset(str(dest))
+    return {"digest": summary.digest, "records": summary.stored,
+            "shards": {name: s.sha256 for name, s in sorted(dataset.shards.items())}}

@@ -1,4 +1,5 @@
-"""The adapter registry: `@register_adapter("name")` on a class; `get_adapter(name)` finds it.
+"""The adapter registry: `@register_adapter("name")` on a class; `get_adapter(name)` finds it,
+or else the corpus spec of that name in the project's corpora/ folder (clef_platform.ingest.spec).
 
 An adapter turns a corpus on disk into `RecordRef`s. It lists only (reading headers at most),
 so that listing stays cheap on the driver: the workers read the signals.
@@ -52,10 +53,17 @@ def get_adapter(name: str, **options: Any) -> CorpusAdapter:
     from clef_platform.ingest.adapters import discover
 
     discover()
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"no adapter {name!r}; available: {', '.join(available_adapters())}") from None
+    if name not in _REGISTRY:
+        from clef_platform.ingest.spec import SpecAdapter, load_spec, project_specs
+
+        specs = project_specs()
+        if name not in specs:
+            raise KeyError(f"no adapter or corpus spec {name!r}; available: "
+                           f"{', '.join(available_adapters())}") from None
+        if options:
+            raise TypeError(f"corpus spec {name!r} takes no options (edit {specs[name]})")
+        return SpecAdapter(load_spec(specs[name]))
+    cls = _REGISTRY[name]
     if dataclasses.is_dataclass(cls.config_class):
         known = {f.name for f in dataclasses.fields(cls.config_class)}
         unknown = set(options) - known
@@ -69,7 +77,12 @@ def get_adapter(name: str, **options: Any) -> CorpusAdapter:
 
 
 def available_adapters() -> list[str]:
+    """Registered adapters and the project's corpus specs."""
     from clef_platform.ingest.adapters import discover
+    from clef_platform.ingest.spec import project_specs
 
     discover()
-    return sorted(_REGISTRY)
+    clash = set(_REGISTRY) & set(project_specs())
+    if clash:
+        raise ValueError(f"corpus {sorted(clash)[0]!r} is both an adapter and a spec in corpora/")
+    return sorted(set(_REGISTRY) | set(project_specs()))
