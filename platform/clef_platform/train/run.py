@@ -56,8 +56,10 @@ def init_ray(cfg: PretrainConfig) -> None:
         except (ConnectionError, RuntimeError, ValueError):
             pass
     need = cfg.cluster.workers * cfg.cluster.cpus_per_worker + 1
+    from clef_platform.monitoring.ray_local import local_ray_options
+
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
-             include_dashboard=False)
+             **local_ray_options())   # CLEF_MONITORING=1: with Ray's metrics agent
     log.info("started a local Ray instance")
 
 

@@ -1,0 +1,60 @@
+"""How a job starts its local Ray: with or without Ray's metrics agent.
+
+The metrics agent (which `ray.util.metrics` reports to, and which writes the Prometheus
+service-discovery file `<ray temp>/prom_metrics_service_discovery.json`) belongs to Ray's
+dashboard agent, so a local Ray started with `include_dashboard=False` exports no metric at all.
+With CLEF_MONITORING=1 a job's local Ray starts its dashboard and metrics agent bound to
+127.0.0.1 (Ray binds the agent to loopback only when the node's address is loopback) on a
+chosen export port, and reports every second instead of every ten, so a short run is seen.
+Without it, local Ray stays as light as before (2-core machines, the test suite).
+
+Ray's temp root is RAY_TMPDIR (default /tmp): the discovery file of a local Ray is at
+`discovery_file()`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+ENV = "CLEF_MONITORING"
+PORT_ENV = "CLEF_RAY_METRICS_PORT"   # the metrics agent's export port (default: a free one)
+REPORT_INTERVAL_MS = 1000
+
+
+def monitoring_on() -> bool:
+    value = os.environ.get(ENV, "").strip().lower()
+    if value in ("", "0", "off", "false"):
+        return False
+    if value in ("1", "on", "true"):
+        return True
+    raise ValueError(f"{ENV}={value!r}: expected 1/on/true or 0/off/false")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_ray_options() -> dict:
+    """Keyword arguments for `ray.init(address="local", ...)`."""
+    if not monitoring_on():
+        return {"include_dashboard": False}
+    port = os.environ.get(PORT_ENV, "").strip()
+    if port and not port.isdigit():
+        raise ValueError(f"{PORT_ENV}={port!r}: expected a port number")
+    return {"include_dashboard": True, "dashboard_host": "127.0.0.1",
+            "_node_ip_address": "127.0.0.1",
+            "_metrics_export_port": int(port) if port else free_port(),
+            "_system_config": {"metrics_report_interval_ms": REPORT_INTERVAL_MS}}
+
+
+def ray_temp_root() -> Path:
+    return Path(os.environ.get("RAY_TMPDIR") or "/tmp") / "ray"
+
+
+def discovery_file(temp_root: Path | None = None) -> Path:
+    """Ray's Prometheus service-discovery file (written by the head's dashboard)."""
+    return (temp_root or ray_temp_root()) / "prom_metrics_service_discovery.json"
