@@ -9,7 +9,9 @@ The components (each a typed config + build function): `engine.py`, `checkpointe
 
 Test hooks in the loop config (never set by the CLI): `trace_dir` / `trace_steps` (what reached
 the loss, per rank and micro-step; events with PIDs and parameter digests), `nan_grad`
-({"rank": r, "step": s}: rank r's gradients become NaN in step s, 0-based).
+({"rank": r, "step": s}: rank r's gradients become NaN in step s, 0-based), `stall`
+({"rank": r, "step": s, "seconds": x}: rank r sleeps x s inside step s, a stalled worker for
+the monitoring alerts' test).
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def train_loop(loop_config: dict) -> None:
     np.random.seed(cfg.seed + rank)
     accum = cfg.optim.grad_accum
     trace_dir, nan_grad = loop_config.get("trace_dir"), loop_config.get("nan_grad")
+    stall = loop_config.get("stall")
 
     # ---- model, engine (optimiser, schedule) -----------------------------------------------
     spe = loop_config.get("steps_per_epoch", 1)
@@ -127,6 +130,8 @@ def train_loop(loop_config: dict) -> None:
         t0 = time.perf_counter()
         wait, loss_sum, losses_finite = 0.0, 0.0, True
         hook = _nan_hook(model) if nan_grad and nan_grad == {"rank": rank, "step": step} else None
+        if stall and (stall["rank"], stall["step"]) == (rank, step):
+            time.sleep(stall["seconds"])
         for micro in range(accum):
             tw = time.perf_counter()
             batch = next(data)
