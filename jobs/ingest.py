@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if bar is not None:
             bar.close()
+        from clef_platform.monitoring.ray_local import linger
+
+        linger()                        # CLEF_MONITORING=1: the last counts reach Prometheus
         if server is not None:
             server.stop()
     print(f"ingest {cfg.corpus} -> {cfg.dest}")

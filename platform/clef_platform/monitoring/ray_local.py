@@ -21,6 +21,8 @@ from pathlib import Path
 ENV = "CLEF_MONITORING"
 PORT_ENV = "CLEF_RAY_METRICS_PORT"   # the metrics agent's export port (default: a free one)
 REPORT_INTERVAL_MS = 1000
+LINGER_ENV = "CLEF_MONITORING_LINGER"   # seconds a job's local Ray outlives its work (default 7)
+_started_with_agent = False             # this process started a local Ray with the agent
 
 
 def monitoring_on() -> bool:
@@ -40,8 +42,10 @@ def free_port() -> int:
 
 def local_ray_options() -> dict:
     """Keyword arguments for `ray.init(address="local", ...)`."""
+    global _started_with_agent
     if not monitoring_on():
         return {"include_dashboard": False}
+    _started_with_agent = True
     port = os.environ.get(PORT_ENV, "").strip()
     if port and not port.isdigit():
         raise ValueError(f"{PORT_ENV}={port!r}: expected a port number")
@@ -49,6 +53,22 @@ def local_ray_options() -> dict:
             "_node_ip_address": "127.0.0.1",
             "_metrics_export_port": int(port) if port else free_port(),
             "_system_config": {"metrics_report_interval_ms": REPORT_INTERVAL_MS}}
+
+
+def linger() -> None:
+    """Before a job stops the local Ray it started with the agent: wait for one more report and
+    one more scrape (monitor.py's default interval is 5 s), so Prometheus sees the final counts
+    instead of losing the last seconds with the Ray session."""
+    if not _started_with_agent:
+        return
+    import time
+
+    value = os.environ.get(LINGER_ENV, "7")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{LINGER_ENV}={value!r}: expected seconds") from None
+    time.sleep(seconds)
 
 
 def ray_temp_root() -> Path:
