@@ -32,7 +32,7 @@ def _run(sink, model, opt, x1, x2, steps: int) -> float:
         loss.backward()
         opt.step()
         if sink is not None:
-            sink.step(step=i + 1, loss=float(loss), lr=0.1, grad_norm=1.0,
+            sink.step(step=i + 1, loss=float(loss.detach()), lr=0.1, grad_norm=1.0,
                       step_s=time.perf_counter() - t0, wait_s=0.0)
     return steps / (time.perf_counter() - t_all)
 

@@ -55,19 +55,36 @@ def local_ray_options() -> dict:
             "_system_config": {"metrics_report_interval_ms": REPORT_INTERVAL_MS}}
 
 
-def linger() -> None:
-    """Before a job stops the local Ray it started with the agent: wait for one more report and
-    one more scrape (monitor.py's default interval is 5 s), so Prometheus sees the final counts
-    instead of losing the last seconds with the Ray session."""
+def linger(wait_for_agent_s: float = 30.0) -> None:
+    """Before a job stops the local Ray it started with the agent: wait until this node's
+    metrics agent serves the platform's metrics (a short job can end before Ray's agent is up),
+    then CLEF_MONITORING_LINGER seconds (default 7: Ray rewrites its discovery file every 5 s,
+    monitor.py scrapes every 5 s), so Prometheus sees the final counts instead of losing them
+    with the Ray session."""
     if not _started_with_agent:
         return
     import time
+    import urllib.request
+
+    import ray
 
     value = os.environ.get(LINGER_ENV, "7")
     try:
         seconds = float(value)
     except ValueError:
         raise ValueError(f"{LINGER_ENV}={value!r}: expected seconds") from None
+    if ray.is_initialized():
+        node = next(n for n in ray.nodes() if n["NodeID"] == ray.get_runtime_context().get_node_id())
+        url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+        deadline = time.monotonic() + wait_for_agent_s
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if b"ray_clef_" in r.read():
+                        break
+            except OSError:
+                pass            # the agent is not up yet
+            time.sleep(0.5)
     time.sleep(seconds)
 
 
