@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 RUN = "mon"
 STEPS, BATCH, STALL_STEP, STALL_S, STALL_ALERT_S = 40, 8, 30, 10.0, 4.0
+LOST_SIGNALS, QUARANTINE_ALERT = 30, 0.1   # of LUDB's 200 records: 15 % quarantined
 # Ray's own labels on every application metric, and Prometheus's target labels
 RAY_LABELS = {"Component", "NodeAddress", "SessionName", "Version", "WorkerId", "instance", "job",
               "le", "otel_scope_name", "otel_scope_schema_url", "otel_scope_version", "__name__"}
@@ -82,7 +84,7 @@ def monitored_run(ludb_train_data, tmp_path_factory):
         [sys.executable, str(REPO / "jobs" / "monitor.py"), "--data-dir", str(root / "prom"),
          "--port", str(port), "--ray-discovery",
          f"{ray_tmp}/ray/prom_metrics_service_discovery.json", "--scrape-interval", "1s",
-         "--stall-seconds", str(STALL_ALERT_S)],
+         "--stall-seconds", str(STALL_ALERT_S), "--quarantine-share", str(QUARANTINE_ALERT)],
         env=env, stdout=mon_log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -106,23 +108,29 @@ def monitored_run(ludb_train_data, tmp_path_factory):
         train = subprocess.run([sys.executable, "-c", TRAIN, json.dumps(args), json.dumps(hooks)],
                                env=env, capture_output=True, text=True, timeout=600)
         t1 = time.time()
-        watch.stop.set()
-        watch.join()
         lines = [ln for ln in train.stdout.splitlines() if ln.startswith("RESULT ")]
         assert train.returncode == 0 and lines, train.stdout[-3000:] + train.stderr[-5000:]
         result = json.loads(lines[-1][len("RESULT "):])
         assert result["error"] is None, result
 
+        # LUDB with the signal files of some records lost: they are quarantined
+        # (missing_signal_file), for the quarantine panel and alert
+        source = root / "ludb-src"
+        shutil.copytree(REPO / "data" / "ludb" / "data", source)
+        for dat in sorted(source.glob("*.dat"))[:LOST_SIGNALS]:
+            dat.unlink()
         dest = root / "ludb"
         ingest = subprocess.run(
             [sys.executable, str(REPO / "jobs" / "ingest.py"), "--corpus", "ludb", "--source",
-             str(REPO / "data" / "ludb" / "data"), "--dest", str(dest), "--workers", "1",
+             str(source), "--dest", str(dest), "--workers", "1",
              "--cpus-per-worker", "0.5", "--shard-bytes", "1000000", "--no-progress"],
             env=env, capture_output=True, text=True, timeout=600)
         (root / "ingest.log").write_text(ingest.stdout + ingest.stderr)
         (root / "train.log").write_text(train.stdout + train.stderr)
         assert ingest.returncode == 0, ingest.stdout[-2000:] + ingest.stderr[-3000:]
         t2 = time.time()
+        watch.stop.set()
+        watch.join()
         yield {"url": url, "train": result, "t0": t0, "t1": t1, "t2": t2, "dest": dest,
                "firing": watch.firing, "ray_tmp": ray_tmp, "root": root}
     finally:
@@ -193,6 +201,7 @@ def test_ingest_counts_reach_prometheus(monitored_run):
     got = {s["metric"]["outcome"]: float(s["value"][1]) for s in api(
         url, "query", query='max_over_time(clef_ingest_records_total{corpus="ludb"}[5m])',
         time=r["t2"] + 1)["result"]}
+    assert quarantined == LOST_SIGNALS
     assert got.get("stored") == stored and got.get("quarantined", 0.0) == quarantined, \
         (got, (r["root"] / "ingest.log").read_text()[-4000:])
 
@@ -200,6 +209,11 @@ def test_ingest_counts_reach_prometheus(monitored_run):
 def test_the_stall_alert_fired(monitored_run):
     names = {(a["labels"]["alertname"], a["labels"].get("run")) for a in monitored_run["firing"]}
     assert ("ClefTrainingStalled", RUN) in names, monitored_run["firing"][-3:]
+
+
+def test_the_quarantine_alert_fired(monitored_run):
+    names = {(a["labels"]["alertname"], a["labels"].get("corpus")) for a in monitored_run["firing"]}
+    assert ("ClefIngestQuarantineHigh", "ludb") in names, monitored_run["firing"][-3:]
 
 
 def test_no_label_is_a_patient_or_record_id(monitored_run):
@@ -223,7 +237,7 @@ def test_no_label_is_a_patient_or_record_id(monitored_run):
 def test_every_panel_query_returns_data_over_the_run(monitored_run, panel):
     """Table-driven over the panel definitions that drive the Grafana dashboards."""
     if panel.needs:
-        pytest.skip(f"needs {panel.needs}: not produced by a CPU pretraining and a clean ingest")
+        pytest.skip(f"needs {panel.needs}: not produced by a CPU pretraining and an ingest")
     r = monitored_run
     for q in panel.queries:
         expr = substitute(q.expr, run=RUN, rate_interval="10s")

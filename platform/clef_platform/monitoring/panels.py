@@ -6,8 +6,7 @@ label on its own metrics, as Ray's generated dashboards filter) and Grafana's
 `$__rate_interval`; `substitute` fills them in for a query outside Grafana.
 
 `needs` names what a panel's data needs beyond a CPU pretraining and an ingest ("gpu", "eval":
-an evaluation pass, "quarantine": an ingest that quarantined something), so a check on a run
-without it says so instead of failing.
+an evaluation pass), so a check on a run without it says so instead of failing.
 """
 
 from __future__ import annotations
@@ -83,7 +82,7 @@ PANELS: tuple[PanelDef, ...] = (
         _q(f"sum by (corpus) (rate(clef_ingest_bytes_total{RI}))", "{{corpus}}"),), "Bps"),
     PanelDef("ingest", "Quarantined by reason", (
         _q(f"sum by (corpus, reason) (increase(clef_ingest_quarantined_total{RI}))",
-           "{{corpus}} {{reason}}"),), "none", needs="quarantine"),
+           "{{corpus}} {{reason}}"),), "none"),
     PanelDef("ingest", "Ray Data operator rows/s", (
         _q(f"sum by (operator) (rate(ray_data_output_rows{{{RAY}}}{RI}))", "{{operator}}"),),
         "cps"),
