@@ -110,10 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(1)
 
     try:
+        # Our own bar counts shards; the session turns Ray Data's off.
         with ray_session(RaySessionConfig(address=args.address)):
-            import ray.data
-            # Our own bar counts shards; Ray Data's would repeat it in the log.
-            ray.data.DataContext.get_current().enable_progress_bars = False
             summary = run_ingest(cfg, on_plan=on_plan, on_shard=on_shard)
     except DestinationConflict as e:
         print(f"ingest refused: {e}", file=sys.stderr)

@@ -31,6 +31,11 @@ class UsageError(ValueError):
     """A user error: a bad option, key, file, table or column. The message names it."""
 
 
+class Failure(RuntimeError):
+    """An operational failure whose message says everything (a failed stage named with its
+    exit status): exit 1, no traceback to keep."""
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception classes that mean the input is wrong (exit 2), not that something broke.
 
@@ -135,8 +140,14 @@ def main(prog: str, job: Callable[[list[str] | None], int | None],
     try:
         status = job(argv)
         return 0 if status is None else int(status)
-    except SystemExit as e:          # --help, or a job that chose its status itself
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except SystemExit as e:          # --help, SIGTERM in a Ray session, or a chosen status
+        if isinstance(e.code, str):
+            print(f"{prog}: {e.code}", file=sys.stderr)
+            return 1
+        return 0 if e.code is None else e.code
+    except Failure as e:
+        print(f"{prog}: failed: {_one_line(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -65,6 +65,17 @@ def _loopback_node() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def _quiet_data() -> None:
+    """Ray Data's own progress bars and per-execution banners off: jobs report their own
+    progress (one bar or log line), and Ray Data's repeated every few seconds through the demo's
+    output. Set on the driver's DataContext, which Ray Data ships with every execution."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
 def _start_watchdog(temp_dir: str) -> subprocess.Popen:
     # A session of its own: a kill of the driver's process group must not take it along.
     return subprocess.Popen(
@@ -107,6 +118,7 @@ def ray_session(cfg: RaySessionConfig | None = None) -> Iterator[RaySession]:
         if target != "local":
             ray.init(address=target, log_to_driver=cfg.log_to_driver)
             log.info("joined the Ray cluster at %s", target)
+            _quiet_data()
             try:
                 yield RaySession(started=False, address=ray.get_runtime_context().gcs_address,
                                  temp_dir=None)
@@ -122,6 +134,7 @@ def ray_session(cfg: RaySessionConfig | None = None) -> Iterator[RaySession]:
                      dashboard_host="127.0.0.1", _temp_dir=temp_dir,
                      log_to_driver=cfg.log_to_driver)
             log.info("started a local Ray instance on 127.0.0.1 (temp folder %s)", temp_dir)
+            _quiet_data()
             yield RaySession(started=True, address=ray.get_runtime_context().gcs_address,
                              temp_dir=temp_dir)
         finally:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from clef_platform.features.config import PlausibilityRanges
+from clef_platform.features.manifest import drop_conflicts
 from clef_platform.features.plausibility import filter_plausible
 from clef_platform.source_tables import TableError, read_csv, read_csv_chunks
 from clef_platform.features.schema import (FLOOR, OBS_COLUMNS, Rejects, check_observations,
@@ -102,7 +103,9 @@ def load_patients(hosp: Path, rejects: Rejects) -> tuple[pd.DataFrame, list[str]
         _obs(df.loc[~bad_sex, "patient_id"], "male", sex[~bad_sex], pd.NaT, FLOOR, src),
         _obs(df.loc[ok, "patient_id"], "age", age[ok], mid_year.values, FLOOR, src),
     ]
-    return pd.concat(frames, ignore_index=True), sorted(set(df["patient_id"]))
+    # A patient listed twice with different sex or anchor age: rejected, never averaged.
+    return drop_conflicts(pd.concat(frames, ignore_index=True), rejects), \
+        sorted(set(df["patient_id"]))
 
 
 def load_omr(hosp: Path, rejects: Rejects) -> pd.DataFrame:
