@@ -21,7 +21,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from clef_platform import logs
-    from clef_platform.cli import UsageError, write_details
+    from clef_platform.cli import UsageError, user_errors, write_details
     from clef_platform.train.config import PretrainConfig
 
     cfg = PretrainConfig.from_args(argv)
@@ -35,9 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"run_dir": result.run_dir, "step": result.metrics.get("step"),
                "loss": result.metrics.get("loss"), "checkpoint": result.checkpoint_path,
                "exports": {str(k): v for k, v in result.exports.items()},
-               "seconds": round(result.seconds, 1),
+               "seconds": round(result.seconds, 1), "restarts": result.restarts,
                "error": None if result.error is None else repr(result.error)}
     print(json.dumps(summary, indent=2), flush=True)
+    if result.fatal is not None and isinstance(result.fatal, user_errors()):
+        raise UsageError(str(result.fatal))     # a corrupt shard, a bad value: exit 2, named
     if result.error is not None:
         path = write_details("pretrain", result.error)
         print(f"pretrain: failed: {type(result.error).__name__}: "

@@ -68,7 +68,8 @@ CASES = [
     Case("pretrain-unknown-scale", "pretrain", (*PRETRAIN, "--scale", "huge"), "--scale"),
     # pretrain_local
     Case("pretrain_local-lr-nan", "pretrain_local", ("--lr", "nan"), "--lr"),
-    Case("pretrain_local-unknown-corpus", "pretrain_local", ("--corpus", "nope"), "'nope'"),
+    Case("pretrain_local-unknown-corpus", "pretrain_local",
+         ("--corpus", "nope", "--source", str(LUDB)), "'nope'"),
     Case("pretrain_local-missing-source", "pretrain_local", ("--source", "{tmp}/absent"),
          "--source"),
     # ingest
@@ -214,3 +215,29 @@ def test_ids_that_sanitise_alike_are_all_stored(tmp_path):
                       manifest["record_id"]))
     assert by_raw["rec_1"] == "rec_1"                    # a safe id is kept as it is
     assert by_raw["rec 1"].startswith("rec_1_") and by_raw["ecgé"] != by_raw["ecgü"]
+
+
+@pytest.mark.slow
+def test_damaged_shards_fail_at_once_without_restarts(ludb_train_data, tmp_path):
+    """Every train shard of a copy of LUDB damaged in place (same size, bytes flipped): the
+    workers' shard check raises ShardError, which no restart heals, so the run fails at its
+    first failure with --max-failures 2: zero worker-group restarts, the shard named."""
+    from clef_platform.layout.errors import ShardError
+    from clef_platform.train.config import PretrainConfig
+    from clef_platform.train.run import run_pretraining
+
+    data = tmp_path / "ludb"
+    shutil.copytree(ludb_train_data["data"], data)
+    for shard in sorted((data / "shards").glob("train-*.tar")):
+        raw = bytearray(shard.read_bytes())
+        raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(64)
+        shard.write_bytes(bytes(raw))
+    cfg = PretrainConfig.from_args([
+        "--scale", "small", "--method", "clef", "--data", str(data),
+        "--features", ludb_train_data["features"], "--storage", str(tmp_path / "runs"),
+        "--run-name", "damaged", "--workers", "2", "--batch-per-worker", "4",
+        "--cpus-per-worker", "0.5", "--steps", "4", "--max-failures", "2"])
+    res = run_pretraining(cfg, raise_on_error=False)
+    assert res.error is not None
+    assert res.restarts == 0
+    assert isinstance(res.fatal, ShardError) and "train-" in str(res.fatal)

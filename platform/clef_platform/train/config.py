@@ -118,7 +118,8 @@ class ClusterConfig:
     address: str = _f("", "Ray cluster to join ('auto' = the one `ray start` left on this "
                           "host); empty = $RAY_ADDRESS, else a private local instance on "
                           "127.0.0.1; 'local' = always a private one (never joins silently)")
-    max_failures: int = _f(3, "worker-group restarts Ray Train attempts after a failure")
+    max_failures: int = _f(3, "worker-group restarts after a lost worker; a bad value, damaged "
+                                 "data or unwritable storage fails at once (train/failures.py)")
     # Multi-host (docs/cluster.md): where the workers go, and which interface gloo/NCCL use.
     placement: str = _f("PACK", "worker placement: PACK (fill a host first), SPREAD (across "
                                 "hosts when possible), STRICT_SPREAD (one worker per host)",

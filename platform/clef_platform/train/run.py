@@ -33,6 +33,8 @@ class RunResult:
     error: BaseException | None = None
     progress: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    restarts: int = 0                      # worker-group restarts (lost workers only)
+    fatal: BaseException | None = None     # a rank's error that no restart could heal
 
 
 def ray_for(cfg: PretrainConfig):
@@ -161,6 +163,7 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
     from clef_platform.train import data as D
     from clef_platform.train.cluster_net import ClusterTorchConfig
     from clef_platform.train.export import training_lineage
+    from clef_platform.train.failures import cannot_heal
     from clef_platform.train.loop import train_loop
     from clef_platform.train.metrics import ProgressBoard, ProgressLogger
 
@@ -222,33 +225,55 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
         resources = {"CPU": cpus}
         if cfg.use_gpu:
             resources["GPU"] = cfg.cluster.gpus_per_worker
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={"cfg": cfg.to_dict(), "risk_table": table_ref, "steps_per_epoch": spe,
-                               "n_records": len(manifest),
-                               "progress_board": board, "trace_dir": trace_dir,
-                               "trace_steps": trace_steps, "resume_from": resume_from,
-                               "lineage": lineage, **(loop_hooks or {})},
-            scaling_config=ScalingConfig(num_workers=cfg.cluster.workers, use_gpu=cfg.use_gpu,
-                                         resources_per_worker=resources,
-                                         placement_strategy=cfg.cluster.placement),
-            torch_config=ClusterTorchConfig(socket_ifname=cfg.cluster.socket_ifname),
-            run_config=RunConfig(
-                name=cfg.checkpoint.run_name, storage_path=storage_path,
-                storage_filesystem=fs if cfg.checkpoint.storage.startswith("s3://") else None,
-                failure_config=FailureConfig(max_failures=cfg.cluster.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep)),
-        )
+        def trainer():
+            # No retries inside Ray: its policy restarts every failure alike, so the driver
+            # restarts the group itself, and only for failures a restart can heal
+            # (train/failures.py). Ray restores the latest checkpoint of the named run.
+            return TorchTrainer(
+                train_loop,
+                train_loop_config={"cfg": cfg.to_dict(), "risk_table": table_ref,
+                                   "steps_per_epoch": spe, "n_records": len(manifest),
+                                   "progress_board": board, "trace_dir": trace_dir,
+                                   "trace_steps": trace_steps, "resume_from": resume_from,
+                                   "lineage": lineage, **(loop_hooks or {})},
+                scaling_config=ScalingConfig(num_workers=cfg.cluster.workers,
+                                             use_gpu=cfg.use_gpu,
+                                             resources_per_worker=resources,
+                                             placement_strategy=cfg.cluster.placement),
+                torch_config=ClusterTorchConfig(socket_ifname=cfg.cluster.socket_ifname),
+                run_config=RunConfig(
+                    name=cfg.checkpoint.run_name, storage_path=storage_path,
+                    storage_filesystem=fs if cfg.checkpoint.storage.startswith("s3://")
+                    else None,
+                    failure_config=FailureConfig(max_failures=0),
+                    checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep)),
+            )
+
         log.info("training %s-%s: %d workers x batch %d (global %d) for %d steps -> %s",
                  cfg.method, cfg.scale, cfg.cluster.workers, cfg.batch_per_worker, cfg.global_batch,
                  cfg.steps, run_dir)
-        error = None
+        error, fatal, restarts = None, None, 0
         try:
-            result = trainer.fit()
-            metrics, ckpt = result.metrics or {}, result.checkpoint
-            error = result.error
-        except Exception as e:  # noqa: BLE001 - Ray raises TrainingFailedError
-            metrics, ckpt, error = {}, None, e
+            while True:
+                try:
+                    result = trainer().fit()
+                    metrics, ckpt = result.metrics or {}, result.checkpoint
+                    error = result.error
+                except Exception as e:  # noqa: BLE001 - Ray raises TrainingFailedError
+                    metrics, ckpt, error = {}, None, e
+                if error is None:
+                    break
+                fatal = cannot_heal(error)
+                if fatal is not None:
+                    log.error("training failed and a restart cannot heal it, not retried: "
+                              "%s: %s", type(fatal).__name__, fatal)
+                    break
+                if restarts >= cfg.cluster.max_failures:
+                    break
+                restarts += 1
+                log.warning("worker group failed (%s); restart %d of %d from the latest "
+                            "checkpoint", type(error).__name__, restarts,
+                            cfg.cluster.max_failures)
         finally:
             progress.stop()
             try:
@@ -258,7 +283,8 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
         out = RunResult(run_dir=run_dir, metrics=metrics,
                         checkpoint_path=ckpt.path if ckpt is not None else None,
                         exports=list_exports(run_url(cfg.checkpoint.storage, cfg.checkpoint.run_name)),
-                        error=error, progress=progress.lines, seconds=time.monotonic() - t0)
+                        error=error, progress=progress.lines, seconds=time.monotonic() - t0,
+                        restarts=restarts, fatal=fatal)
     if metrics.get("first_step_end_unix"):
         out.metrics["time_to_first_step_s"] = metrics["first_step_end_unix"] - t0_unix
     if error is not None and raise_on_error:

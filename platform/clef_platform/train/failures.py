@@ -1,0 +1,51 @@
+"""Which training failures a worker-group restart can heal.
+
+Ray Train's own policy retries every worker-group error alike (it has no hook for the error's
+kind), so the driver runs Ray with no retries of its own and restarts the group itself
+(run.py) only when `cannot_heal(error)` is None:
+
+- healable: a lost worker (its actor died: SIGKILL, OOM, a lost host) and what its peers see
+  then (gloo/NCCL collectives that fail with RuntimeError or ConnectionError);
+- cannot heal, fail at once: any rank that raised a bad value or damaged data (ValueError:
+  DatasetError, ShardError, RecordError, ExportError, UsageError), a storage that cannot be
+  written (PermissionError, a read-only or full file system), or a programming error
+  (TypeError, KeyError, AttributeError, ImportError, NotImplementedError). One such rank dooms
+  the run: the others' errors are collateral.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+
+FATAL_TYPES = (ValueError, PermissionError, TypeError, KeyError, AttributeError, ImportError,
+               NotImplementedError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
+FATAL_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def _causes(e: BaseException | None, depth: int = 0) -> Iterator[BaseException]:
+    """`e` and what it wraps: Ray's `cause`, `__cause__`, `__context__`."""
+    if e is None or depth > 8:
+        return
+    yield e
+    for inner in (getattr(e, "cause", None), e.__cause__, e.__context__):
+        if isinstance(inner, BaseException) and inner is not e:
+            yield from _causes(inner, depth + 1)
+
+
+def _worker_errors(error: BaseException) -> list[BaseException]:
+    failures = getattr(error, "worker_failures", None)
+    if isinstance(failures, dict) and failures:
+        return list(failures.values())
+    return [error]
+
+
+def cannot_heal(error: BaseException) -> BaseException | None:
+    """The first error of a rank that a restart would only repeat, or None."""
+    for worker_error in _worker_errors(error):
+        for e in _causes(worker_error):
+            if isinstance(e, FATAL_TYPES):
+                return e
+            if isinstance(e, OSError) and e.errno in FATAL_ERRNOS:
+                return e
+    return None
