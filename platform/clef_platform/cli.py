@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Callable
@@ -112,18 +111,11 @@ def existing_dir(option: str, path: Path) -> Path:
 
 # ---- the entry point wrapper ------------------------------------------------------------------
 
-def _log_file(prog: str) -> Path:  # noqa: D103
-    """Where an operational failure's details go: $CLEF_LOG_DIR or the temp folder."""
-    folder = Path(os.environ.get("CLEF_LOG_DIR") or Path(tempfile.gettempdir()) / "clef-logs")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{prog}-{os.getpid()}.log"
-
-
 def write_details(prog: str, e: BaseException) -> Path:
     """The traceback of `e` (masked) in the job's log file, readable by its owner only."""
-    from clef_platform.logs import mask
+    from clef_platform.logs import log_file, mask
 
-    path = _log_file(prog)
+    path = log_file(prog)
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as f:
         f.write(mask("".join(traceback.format_exception(e))))
     return path

@@ -18,6 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
+import tempfile
+from pathlib import Path
 
 MASK = "***"
 _SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|ACCESS_KEY|CREDENTIAL|AUTH", re.I)
@@ -64,24 +67,69 @@ def _sub(m: re.Match) -> str:
 
 
 class MaskingFormatter(logging.Formatter):
-    """Formats as usual, then masks: the finished line is what leaves the process."""
+    """Formats as usual, then masks: the finished line is what leaves the process.
+
+    `tracebacks=False` (the stderr handler): a record's traceback becomes one line naming the
+    error and the log file that holds it in full; stderr never shows a traceback."""
+
+    def __init__(self, fmt: str = None, tracebacks: bool = True, details: str = ""):
+        super().__init__(fmt)
+        self.tracebacks, self.details = tracebacks, details
+
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's hook
+        if self.tracebacks:
+            return super().formatException(ei)
+        where = f"; traceback in {self.details}" if self.details else ""
+        return f"  ({ei[0].__name__}: {' '.join(str(ei[1]).split())[:300]}{where})"
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+        return super().formatStack(stack_info) if self.tracebacks else ""
 
     def format(self, record: logging.LogRecord) -> str:
+        if not self.tracebacks:
+            # logging caches the formatted traceback on the record for every handler.
+            record = logging.makeLogRecord({**record.__dict__, "exc_text": None})
         return mask(super().format(record))
+
+
+class _PrivateFileHandler(logging.FileHandler):
+    """A log file only its owner can read, opened on the first line (none when all is well)."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, delay=True)
+
+    def _open(self):
+        return open(os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+                    "a", encoding="utf-8")
 
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def log_file(prog: str | None = None) -> Path:
+    """The job's log file: $CLEF_LOG_DIR (default <temp>/clef-logs)/<prog>-<pid>.log."""
+    prog = prog or Path(sys.argv[0] or "python").stem
+    folder = Path(os.environ.get("CLEF_LOG_DIR") or Path(tempfile.gettempdir()) / "clef-logs")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{prog}-{os.getpid()}.log"
+
+
 def setup(level: str | int = "INFO", quiet: tuple[str, ...] = ()) -> None:
-    """Root logging for a job: one masked stderr handler at `level`; `quiet` loggers at WARNING
-    (a library's chatter the job does not need)."""
+    """Root logging for a job: a masked stderr handler at `level` that shows no tracebacks, and
+    the job's log file (mode 0600, created on its first line) with WARNING and above in full,
+    tracebacks included; `quiet` loggers at WARNING (a library's chatter the job does not
+    need)."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
+    path = log_file()
     handler = logging.StreamHandler()
-    handler.setFormatter(MaskingFormatter(FORMAT))
+    handler.setFormatter(MaskingFormatter(FORMAT, tracebacks=False, details=str(path)))
     root.addHandler(handler)
+    details = _PrivateFileHandler(path)
+    details.setLevel(logging.WARNING)
+    details.setFormatter(MaskingFormatter(FORMAT))
+    root.addHandler(details)
     root.setLevel(level)
     for name in quiet:
         logging.getLogger(name).setLevel(logging.WARNING)
