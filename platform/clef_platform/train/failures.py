@@ -24,11 +24,14 @@ FATAL_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQU
 
 
 def _causes(e: BaseException | None, depth: int = 0) -> Iterator[BaseException]:
-    """`e` and what it wraps: Ray's `cause`, `__cause__`, `__context__`."""
+    """`e` and what it wraps: `__cause__`, `__context__`, a RayTaskError's `cause`, and the
+    rank's own exception inside Ray Train V2's `UserExceptionWithTraceback` (`_base_exc`: it
+    has no public accessor in Ray 2.60; without it every rank's error looks alike)."""
     if e is None or depth > 8:
         return
     yield e
-    for inner in (getattr(e, "cause", None), e.__cause__, e.__context__):
+    for inner in (getattr(e, "_base_exc", None), getattr(e, "cause", None), e.__cause__,
+                  e.__context__):
         if isinstance(inner, BaseException) and inner is not e:
             yield from _causes(inner, depth + 1)
 
