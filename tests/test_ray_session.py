@@ -2,7 +2,8 @@
 
 - while a local ingest, a pretraining run and an evaluation run, no socket of theirs or of the
   Ray they started listens on anything but loopback (the process trees' sockets, read with
-  psutil every 0.2 s);
+  psutil every 0.2 s), except the one port docs/security.md names: rank 0's torch.distributed
+  TCPStore during pretraining;
 - SIGKILL of a job's driver leaves no process behind after 10 s: none whose command line names
   the job's Ray temp folder, and none of the driver's recorded process tree.
 Real LUDB records (data/ludb, ODbL-By); each job gets a private Ray (RAY_ADDRESS removed).
@@ -106,6 +107,13 @@ def test_local_jobs_listen_on_loopback_only(work):
         # Ray's GCS and raylet listen in every job: an empty set would mean nothing was read.
         assert any(name == "gcs_server" for name, _, _ in socks), (job, socks)
         exposed = sorted(s for s in socks if not is_loopback(s[1]))
+        if job == "pretrain":
+            # The one documented exception (docs/security.md): rank 0's torch.distributed
+            # TCPStore, the process group's rendezvous, which torch binds to every interface
+            # with no option to do otherwise. One port, in a training worker, nothing else.
+            store = [s for s in exposed if s[0] == "ray::RayTrainWorker"]
+            assert len({s[2] for s in store}) <= 1, store
+            exposed = [s for s in exposed if s not in store]
         assert not exposed, (job, exposed)
 
 
