@@ -106,6 +106,9 @@ CASES = [
          "--min-coverage"),
     Case("features-missing-manifest", "build_features",
          ("--repo", "{tmp}/repo", "--manifest", "{tmp}/no-dataset"), "no-dataset"),
+    Case("features-unwritable-repo", "build_features",
+         ("--repo", "/proc/clef-no-repo", "--mimic-hosp", str(HOSP), "--no-materialise"),
+         "/proc/clef-no-repo", status=1, before_ray=False),
     # evaluate
     Case("evaluate-n-bootstrap-zero", "evaluate", ("--run", "{tmp}/run", "--n-bootstrap", "0"),
          "--n-bootstrap"),
