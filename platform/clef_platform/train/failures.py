@@ -9,13 +9,15 @@ kind), so the driver runs Ray with no retries of its own and restarts the group 
 - cannot heal, fail at once: any rank that raised a bad value or damaged data (ValueError:
   DatasetError, ShardError, RecordError, ExportError, UsageError), a storage that cannot be
   written (PermissionError, a read-only or full file system), or a programming error
-  (TypeError, KeyError, AttributeError, ImportError, NotImplementedError). One such rank dooms
+  (TypeError, KeyError, AttributeError, ImportError, NotImplementedError), also when a
+  DataLoader worker raised it (torch then wraps it in a RuntimeError). One such rank dooms
   the run: the others' errors are collateral.
 """
 
 from __future__ import annotations
 
 import errno
+import re
 from collections.abc import Iterator
 
 FATAL_TYPES = (ValueError, PermissionError, TypeError, KeyError, AttributeError, ImportError,
@@ -43,11 +45,22 @@ def _worker_errors(error: BaseException) -> list[BaseException]:
     return [error]
 
 
+# torch's DataLoader re-raises a loader worker's error as RuntimeError("Caught ShardError in
+# DataLoader worker process 0. ...") when the class cannot be rebuilt from one message, so the
+# class is known by its name only there.
+_LOADER_WRAPPED = re.compile(r"Caught (\w+) in DataLoader worker process")
+FATAL_NAMES = {t.__name__ for t in FATAL_TYPES} | {
+    "DatasetError", "ShardError", "RecordError", "ExportError", "UsageError", "TableError"}
+
+
 def cannot_heal(error: BaseException) -> BaseException | None:
     """The first error of a rank that a restart would only repeat, or None."""
     for worker_error in _worker_errors(error):
         for e in _causes(worker_error):
             if isinstance(e, FATAL_TYPES):
+                return e
+            wrapped = _LOADER_WRAPPED.search(str(e)) if isinstance(e, RuntimeError) else None
+            if wrapped and wrapped.group(1) in FATAL_NAMES:
                 return e
             if isinstance(e, OSError) and e.errno in FATAL_ERRNOS:
                 return e
