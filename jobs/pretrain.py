@@ -21,7 +21,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from clef_platform import logs
-    from clef_platform.cli import UsageError, user_errors, write_details
+    from clef_platform.cli import UsageError, write_details
     from clef_platform.train.config import PretrainConfig
 
     cfg = PretrainConfig.from_args(argv)
@@ -38,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
                "seconds": round(result.seconds, 1), "restarts": result.restarts,
                "error": None if result.error is None else repr(result.error)}
     print(json.dumps(summary, indent=2), flush=True)
-    if result.fatal is not None and isinstance(result.fatal, user_errors()):
-        raise UsageError(str(result.fatal))     # a corrupt shard, a bad value: exit 2, named
+    from clef_platform.train.failures import is_user_error
+
+    if result.fatal is not None and is_user_error(result.fatal):
+        # A damaged shard, a bad value: exit 2 naming it (first line of a wrapped error).
+        raise UsageError(str(result.fatal).strip().splitlines()[-1])
     if result.error is not None:
         path = write_details("pretrain", result.error)
         print(f"pretrain: failed: {type(result.error).__name__}: "

@@ -65,3 +65,17 @@ def cannot_heal(error: BaseException) -> BaseException | None:
             if isinstance(e, OSError) and e.errno in FATAL_ERRNOS:
                 return e
     return None
+
+
+_USER_NAMES = {"DatasetError", "ShardError", "RecordError", "ExportError", "UsageError",
+               "TableError"}
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Bad data or a bad value of the user's (exit 2), also as a DataLoader worker's wrapper."""
+    from clef_platform.cli import user_errors
+
+    if isinstance(e, user_errors()):
+        return True
+    wrapped = _LOADER_WRAPPED.search(str(e)) if isinstance(e, RuntimeError) else None
+    return bool(wrapped and wrapped.group(1) in _USER_NAMES)
