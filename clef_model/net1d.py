@@ -51,6 +51,14 @@ class EncoderConfig:
         return self.filter_list[-1]
 
 
+def min_input_length(config: EncoderConfig) -> int:
+    """The shortest input every stage still sees: the product of the strides (the first conv
+    and the first block of every stage halve the length). Shorter inputs end in an empty last
+    stage. (The receptive field of the k16 chain proper is longer than a 10 s view at every
+    scale, so it cannot be the bar.)"""
+    return STRIDE ** (1 + len(config.filter_list))
+
+
 SCALES: dict[str, EncoderConfig] = {
     "small": EncoderConfig(
         base_filters=32, ratio=0.5,

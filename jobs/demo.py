@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from clef_platform import cli, logs
+
 REPO = Path(__file__).resolve().parents[1]
 MARKER = ".clef-demo"          # only a folder with this file is ever wiped by --fresh
 log = logging.getLogger("demo")
@@ -41,7 +43,7 @@ def run_stage(name: str, args: list[str], timings: dict[str, float]) -> str:
         sys.stdout.write(line)
         lines.append(line)
     if proc.wait() != 0:
-        raise SystemExit(f"demo: stage {name!r} failed with exit status {proc.returncode}")
+        raise cli.Failure(f"stage {name!r} failed with exit status {proc.returncode}")
     timings[name] = time.perf_counter() - t0
     log.info("=== %s done in %.0f s", name, timings[name])
     return "".join(lines)
@@ -53,21 +55,15 @@ def last_json(text: str) -> dict:
     return json.JSONDecoder().raw_decode(text[start:])[0]
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    p = cli.ArgumentParser(prog="demo.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="where every stage writes")
-    p.add_argument("--steps", type=positive_int, default=200, help="pretraining steps")
-    p.add_argument("--batch-per-worker", type=positive_int, default=8)
+    p.add_argument("--steps", type=cli.positive_int, default=200, help="pretraining steps")
+    p.add_argument("--batch-per-worker", type=cli.positive_int, default=8)
     p.add_argument("--keep", action="store_true", help="reuse --out instead of starting fresh")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup("INFO")
 
     out = a.out.resolve()
     if out.exists() and not a.keep:
@@ -112,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
                              "--tasks", "ludb_rhythm", "ludb_sex", "ludb_age", "cinc2021_dx"],
               timings)
     print_figures(out, train_data, run_url, last_json(train_out), timings)
+    return 0
 
 
 def print_figures(out: Path, train_data: Path, run_url: Path, training: dict,
@@ -121,7 +118,9 @@ def print_figures(out: Path, train_data: Path, run_url: Path, training: dict,
     dataset = open_dataset(str(train_data))
     manifest = dataset.frame()
     quarantined = read_quarantine(dataset.store).num_rows
-    print("\n================ clef-platform demo: figures ================")
+    # Set off from the stages' log lines above: blank lines and a full-width rule on each side.
+    rule = "=" * 100
+    print(f"\n\n{rule}\n  clef-platform demo: FIGURES\n{rule}")
     print(f"demo corpus: {len(manifest)} records stored, {quarantined} quarantined; "
           f"splits {manifest['split'].value_counts().to_dict()}; dataset digest "
           f"{dataset.digest[:16]}")
@@ -143,7 +142,8 @@ def print_figures(out: Path, train_data: Path, run_url: Path, training: dict,
     print(f"report: {report if report.exists() else '(none)'}")
     print("stage seconds:", {k: round(v) for k, v in timings.items()})
     print(f"everything is under {out}")
+    print(rule, flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.main("demo", main))

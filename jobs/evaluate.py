@@ -15,7 +15,9 @@ The records each export trained on (its marker's lineage) are excluded from ever
 only with --allow-no-lineage. Without --watch it makes one pass and exits (cron / Kubernetes CronJob); with --watch it polls
 every --interval seconds and evaluates each new export as it appears. Exit status of a single
 pass: 0 when every pending task succeeded (or was skipped for too few labels), 1 when some task
-failed after its retries (it is retried on the next run), 2 on bad arguments.
+failed after its retries (it is retried on the next run) or on an operational failure, 2 on a bad
+option, task or file (clef_platform/cli.py). Ray (clef_platform/ray_session.py): --address or
+RAY_ADDRESS, else a private local instance on 127.0.0.1 that the job shuts down.
 Docs: docs/evaluation.md.
 """
 
@@ -25,14 +27,8 @@ import argparse
 import json
 import logging
 import os
-import sys
 
-
-def positive(text: str) -> float:
-    v = float(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return v
+from clef_platform import cli, logs
 
 
 def _int(text: str) -> int:
@@ -51,7 +47,7 @@ def released(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True, help="run URL <storage>/<run-name> (folder or s3://)")
     p.add_argument("--tasks", nargs="*", default=None,
                    help="task names (or YAML paths); default: every shipped task")
@@ -79,15 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-random-baseline", action="store_true")
     p.add_argument("--seed", type=int, default=0, help="random-baseline seed")
     p.add_argument("--watch", action="store_true", help="keep polling for new exports")
-    p.add_argument("--interval", type=positive, default=300.0, help="seconds between polls")
-    p.add_argument("--max-passes", type=int, default=None, help="stop --watch after N passes")
-    p.add_argument("--retries", type=int, default=1, help="retries of a failing task per pass")
-    p.add_argument("--actors", type=int, default=None, help="embedding actors (default: CPUs)")
-    p.add_argument("--num-cpus", type=float, default=None,
+    p.add_argument("--interval", type=cli.positive_float, default=300.0, help="seconds between polls")
+    p.add_argument("--max-passes", type=cli.positive_int, default=None, help="stop --watch after N passes")
+    p.add_argument("--retries", type=cli.nonnegative_int, default=1, help="retries of a failing task per pass")
+    p.add_argument("--actors", type=cli.positive_int, default=None, help="embedding actors (default: CPUs)")
+    p.add_argument("--num-cpus", type=cli.positive_float, default=None,
                    help="CPUs of the local Ray instance (ignored under RAY_ADDRESS)")
-    p.add_argument("--metrics-port", type=int, default=None,
+    p.add_argument("--metrics-port", type=cli.port, default=None,
                    help="serve Prometheus gauges on 127.0.0.1:PORT")
-    p.add_argument("--n-bootstrap", type=int, default=1000)
+    p.add_argument("--n-bootstrap", type=cli.positive_int, default=1000,
+                   help="bootstrap resamples of each metric's interval")
+    p.add_argument("--address", default="",
+                   help="Ray cluster to join ('auto' = the one `ray start` left on this host); "
+                        "default $RAY_ADDRESS, else a private local instance on 127.0.0.1")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--lead", default=None,
                    help="score every task on this lead (I, II, ..., V6) instead of each task's "
                         "own (I unless the task says otherwise; the paper's text says I, the "
@@ -130,26 +131,19 @@ def finetune_config(a: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     a = build_parser().parse_args(argv)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-    import ray
-
+    logs.setup(a.log_level)
     from clef_platform.evaluate.finetune import FineTuneError
-    from clef_platform.evaluate.metrics import EvalMetrics
-    from clef_platform.evaluate.passes import EvalConfig, evaluate_pass
+    from clef_platform.evaluate.passes import EvalConfig
     from clef_platform.evaluate.probes import ProbeConfig
     from clef_platform.evaluate.tasks import TASKS_DIR, TaskError, load_tasks, with_lead
-    from clef_platform.evaluate.watch import watch
+    from clef_platform.ray_session import RaySessionConfig, ray_session
 
     try:
         tasks = with_lead(load_tasks(a.tasks, a.tasks_dir or TASKS_DIR), a.lead)
         finetune = finetune_config(a)       # checked before Ray starts
     except (TaskError, FineTuneError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise cli.UsageError(str(e)) from None
     cfg = EvalConfig(run_url=a.run, tasks=tasks, data_root=a.data_root, results_url=a.results,
                      report_url=a.report, pretrain_manifest=a.pretrain_manifest,
                      pretrain_split=a.pretrain_split, released=a.released,
@@ -157,14 +151,17 @@ def main(argv: list[str] | None = None) -> int:
                      random_baseline=not a.no_random_baseline, random_seed=a.seed,
                      probe=ProbeConfig(n_bootstrap=a.n_bootstrap), retries=a.retries,
                      actors=a.actors, protocol=a.protocol, finetune=finetune)
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(log_to_driver=False)
-        else:
-            from clef_platform.monitoring.ray_local import local_ray_options
+    with ray_session(RaySessionConfig(address=a.address, num_cpus=a.num_cpus,
+                                      log_to_driver=False)):
+        return _run(a, cfg)
 
-            ray.init(address="local", num_cpus=a.num_cpus, log_to_driver=False,
-                     **local_ray_options())   # CLEF_MONITORING=1: with Ray's metrics agent
+
+def _run(a, cfg) -> int:
+    """One pass (or --watch) inside the job's Ray session."""
+    from clef_platform.evaluate.metrics import EvalMetrics
+    from clef_platform.evaluate.passes import evaluate_pass
+    from clef_platform.evaluate.watch import watch
+
     metrics = EvalMetrics(run=a.run.rstrip("/").rsplit("/", 1)[-1])
     if a.metrics_port is not None:
         metrics.serve(a.metrics_port)
@@ -182,4 +179,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(cli.main("evaluate", main))

@@ -4,19 +4,21 @@
     python jobs/ingest.py --corpus-spec my-corpus.yaml --source /data/my-corpus --dest out/mine
     ray job submit -- python jobs/ingest.py --corpus ... --source ... --dest s3://bucket/ludb
 
-Locally it starts its own Ray instance (`ray.init(address="local")`); under `ray job submit`
-(RAY_ADDRESS set) it joins that cluster. Rerunning the same command after a crash resumes.
-Exit status: 0 when the record balance holds, 1 otherwise.
+Ray (clef_platform/ray_session.py): the cluster named by --address or RAY_ADDRESS (set by
+`ray job submit`), else a private local instance on 127.0.0.1 that the job shuts down.
+Rerunning the same command after a crash resumes. Exit status (clef_platform/cli.py): 0 when
+the record balance holds, 1 otherwise or on an operational failure, 2 on a bad option, an
+unknown corpus or a source without records.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import re
 import sys
 from pathlib import Path
+
+from clef_platform import cli, logs
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
@@ -35,23 +37,9 @@ def byte_size(text: str) -> int:
     return value
 
 
-def positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
-    return v
-
-
-def port(text: str) -> int:
-    v = int(text)
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}")
-    return v
-
-
 def cpus(text: str) -> float:
-    v = float(text)
-    if not 0 < v <= 64:
+    v = cli.positive_float(text)
+    if v > 64:
         raise argparse.ArgumentTypeError(f"must be in (0, 64]: {text!r}")
     return v
 
@@ -65,7 +53,7 @@ def split_ratios(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="ingest.py", description=__doc__.split("\n")[0])
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--corpus", help="registered adapter or corpora/ spec name (e.g. ludb, wfdb)")
     which.add_argument("--corpus-spec", type=Path, default=None,
@@ -77,40 +65,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target shard size (default 256MB)")
     p.add_argument("--split-ratios", type=split_ratios, default="train=0.8,val=0.1,test=0.1",
                    help="patient-level split ratios (default train=0.8,val=0.1,test=0.1)")
-    p.add_argument("--workers", type=positive_int, default=2,
+    p.add_argument("--workers", type=cli.positive_int, default=2,
                    help="shards written concurrently (default 2)")
     p.add_argument("--cpus-per-worker", type=cpus, default=1.0,
                    help="Ray CPUs reserved per shard task (fractional allowed; default 1)")
-    p.add_argument("--metrics-port", type=port, default=None,
+    p.add_argument("--metrics-port", type=cli.port, default=None,
                    help="serve Prometheus counters on 127.0.0.1:PORT while running")
+    p.add_argument("--address", default="",
+                   help="Ray cluster to join ('auto' = the one `ray start` left on this host); "
+                        "default $RAY_ADDRESS, else a private local instance on 127.0.0.1")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
 
-def init_ray() -> None:
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()                      # under `ray job submit` or an explicit cluster
-    else:
-        from clef_platform.monitoring.ray_local import local_ray_options
-
-        # never join a stray cluster; CLEF_MONITORING=1: with Ray's metrics agent
-        ray.init(address="local", **local_ray_options())
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.source.startswith("s3://") and not Path(args.source).is_dir():
-        print(f"--source {args.source} is not a folder (nor an s3:// URL of one)", file=sys.stderr)
-        return 2
+    if not args.source.startswith("s3://"):
+        cli.existing_dir("--source", Path(args.source))
+    from clef_platform.ingest.adapters.registry import available_adapters
+
+    if args.corpus is not None and args.corpus not in available_adapters():
+        raise cli.UsageError(f"--corpus {args.corpus!r}: no such adapter; available: "
+                             f"{', '.join(available_adapters())}")
+    logs.setup(args.log_level)
 
     from tqdm import tqdm
 
@@ -124,12 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             spec = load_spec(args.corpus_spec, source=None if args.source.startswith("s3://")
                              else Path(args.source))
         except SpecError as e:
-            print(f"--corpus-spec {e}", file=sys.stderr)
-            return 2
+            raise cli.UsageError(f"--corpus-spec {e}") from None
         args.corpus = spec.name
         list_refs = lambda _corpus, source: SpecAdapter(spec).list_records(source)  # noqa: E731
     from clef_platform.layout.dataset import DestinationConflict
     from clef_platform.metrics import IngestMetrics, MetricsServer
+    from clef_platform.ray_session import RaySessionConfig, ray_session
 
     cfg = IngestConfig(corpus=args.corpus, source=args.source, dest=args.dest,
                        shard_bytes=args.shard_bytes, split_ratios=args.split_ratios,
@@ -151,20 +130,15 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(1)
 
     try:
-        init_ray()
-        import ray.data
-        # Our own bar counts shards; Ray Data's would repeat it in the log.
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        summary = run_ingest(cfg, list_refs=list_refs, on_plan=on_plan, on_shard=on_shard)
+        # Our own bar counts shards; the session turns Ray Data's off.
+        with ray_session(RaySessionConfig(address=args.address)):
+            summary = run_ingest(cfg, list_refs=list_refs, on_plan=on_plan, on_shard=on_shard)
     except DestinationConflict as e:
         print(f"ingest refused: {e}", file=sys.stderr)
         return 1
     finally:
         if bar is not None:
             bar.close()
-        from clef_platform.monitoring.ray_local import linger
-
-        linger()                        # CLEF_MONITORING=1: the last counts reach Prometheus
         if server is not None:
             server.stop()
     print(f"ingest {cfg.corpus} -> {cfg.dest}")
@@ -174,4 +148,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.main("ingest", main))

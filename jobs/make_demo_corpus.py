@@ -9,26 +9,28 @@ that `jobs/ingest.py --source` of that URL reads it on any host of a cluster.
 """
 
 import argparse
-import logging
 import tempfile
 from pathlib import Path
 
-from clef_platform.ingest.demo_corpus import MARKER, DemoCorpusConfig, build_demo_corpus
+from clef_platform import cli, logs
 
 
-def main(argv=None) -> Path:
-    p = argparse.ArgumentParser(description=__doc__,
+def main(argv=None) -> int:
+    p = cli.ArgumentParser(prog="make_demo_corpus.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ludb", type=Path, required=True, help="LUDB root (or its data/ folder)")
     p.add_argument("--mimic-hosp", type=Path, required=True,
                    help="MIMIC-IV demo hosp/ folder (patients.csv.gz, admissions.csv.gz)")
     p.add_argument("--out", required=True, help="output folder (created), or an s3:// URL")
-    p.add_argument("--holdout", type=int, default=0,
+    p.add_argument("--holdout", type=cli.nonnegative_int, default=0,
                    help="LUDB records to leave unassigned, e.g. for probes (default 0)")
     p.add_argument("--seed", default="clef-demo-v1", help="pairing seed (deterministic)")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cli.existing_dir("--ludb", a.ludb)
+    cli.existing_dir("--mimic-hosp", a.mimic_hosp)
+    logs.setup("INFO")
+    from clef_platform.ingest.demo_corpus import MARKER
+
     if a.out.startswith("s3://"):
         from clef_platform.mirror import upload_tree
 
@@ -39,13 +41,15 @@ def main(argv=None) -> Path:
         plan = _build(a, Path(a.out))
     print(f"{len(plan)} records written to {a.out} ({MARKER}: LUDB signals, MIMIC-IV demo "
           f"patients; plumbing only, see its README.txt)")
-    return a.out
+    return 0
 
 
 def _build(a: argparse.Namespace, out: Path):
+    from clef_platform.ingest.demo_corpus import DemoCorpusConfig, build_demo_corpus
+
     return build_demo_corpus(DemoCorpusConfig(ludb_dir=a.ludb, mimic_hosp_dir=a.mimic_hosp,
                                               out_dir=out, holdout=a.holdout, seed=a.seed))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.main("make_demo_corpus", main))

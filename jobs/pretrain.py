@@ -5,48 +5,53 @@
     ray job submit --working-dir . -- python jobs/pretrain.py --scale large --workers 8 \
         --gpus-per-worker 1 --data s3://bucket/mimic --features /mnt/features --storage s3://bucket/runs ...
 
-Locally it joins a running Ray cluster (RAY_ADDRESS, or the one `ray start` left) or starts its
-own; from Python use `clef_platform.train.run_pretraining(cfg)`. Values: the scale's preset, then
---config YAML, then the options. Exit status 0 on success, 1 when training failed.
+Ray: the cluster named by --address or RAY_ADDRESS (set by `ray job submit`), else a private
+local instance on 127.0.0.1 that the job shuts down (clef_platform/ray_session.py); it never
+joins a running cluster unasked (`--address auto` asks). From Python use
+`clef_platform.train.run_pretraining(cfg)`. Values: the scale's preset, then --config YAML, then
+the options. Exit status (clef_platform/cli.py): 0 success, 1 training failed, 2 a bad option,
+YAML key, dataset or run folder.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from clef_platform import logs
+    from clef_platform.cli import UsageError, write_details
     from clef_platform.train.config import PretrainConfig
 
     cfg = PretrainConfig.from_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup("INFO")
     from clef_platform.train.run import run_pretraining
 
     try:
         result = run_pretraining(cfg, raise_on_error=False)
-    except (FileExistsError, ValueError) as e:  # config / data problems: say so, no traceback
-        print(f"pretrain: {e}", file=sys.stderr)
-        return 2
+    except (FileExistsError, FileNotFoundError, ValueError) as e:  # config / data problems
+        raise UsageError(str(e)) from None
     summary = {"run_dir": result.run_dir, "step": result.metrics.get("step"),
                "loss": result.metrics.get("loss"), "checkpoint": result.checkpoint_path,
                "exports": {str(k): v for k, v in result.exports.items()},
-               "seconds": round(result.seconds, 1),
+               "seconds": round(result.seconds, 1), "restarts": result.restarts,
                "error": None if result.error is None else repr(result.error)}
     print(json.dumps(summary, indent=2), flush=True)
-    # Shut Ray down here, not in its atexit hook: a shutdown racing interpreter exit has turned
-    # a finished run's exit status into 1.
-    import ray
+    from clef_platform.train.failures import is_user_error
 
-    from clef_platform.monitoring.ray_local import linger
-
-    linger()                            # CLEF_MONITORING=1: the last counts reach Prometheus
-    if ray.is_initialized():
-        ray.shutdown()
-    return 0 if result.error is None else 1
+    if result.fatal is not None and is_user_error(result.fatal):
+        # A damaged shard, a bad value: exit 2 naming it (first line of a wrapped error).
+        raise UsageError(str(result.fatal).strip().splitlines()[-1])
+    if result.error is not None:
+        path = write_details("pretrain", result.error)
+        print(f"pretrain: failed: {type(result.error).__name__}: "
+              f"{' '.join(str(result.error).split())[:300]} (details: {path})", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from clef_platform.cli import main as cli_main
+
+    raise SystemExit(cli_main("pretrain", main))

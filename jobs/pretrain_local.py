@@ -5,42 +5,44 @@
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
-from clef_platform.train.local import LocalPretrainConfig, pretrain
+from clef_platform import cli, logs
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def parse_args(argv=None) -> LocalPretrainConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    p = cli.ArgumentParser(prog="pretrain_local.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", type=Path, default=Path("data/ludb"), help="corpus folder")
     p.add_argument("--corpus", default="ludb", help="registered corpus adapter (ludb, cinc2021, wfdb, ...)")
     p.add_argument("--out", type=Path, default=Path("out/local"), help="checkpoint and export folder")
     p.add_argument("--scale", choices=["small", "medium", "large"], default="small")
-    p.add_argument("--steps", type=positive_int, default=200)
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=cli.positive_int, default=200)
+    p.add_argument("--batch-size", type=cli.positive_int, default=32)
+    p.add_argument("--lr", type=cli.positive_float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    if not a.source.is_dir():
-        p.error(f"--source {a.source} is not a folder")
+    cli.existing_dir("--source", a.source)
+    from clef_platform.ingest.adapters.registry import available_adapters
+
+    if a.corpus not in available_adapters():
+        raise cli.UsageError(f"--corpus {a.corpus!r}: no such adapter; available: "
+                             f"{', '.join(available_adapters())}")
+    from clef_platform.train.local import LocalPretrainConfig
+
     return LocalPretrainConfig(source=a.source, out_dir=a.out, corpus=a.corpus, scale=a.scale,
                                steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed)
 
 
-def main(argv=None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = pretrain(parse_args(argv))
+def main(argv=None) -> int:
+    cfg = parse_args(argv)
+    logs.setup("INFO")
+    from clef_platform.train.local import pretrain
+
+    summary = pretrain(cfg)
     print(json.dumps(summary, indent=2))
-    return summary
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.main("pretrain_local", main))

@@ -110,7 +110,8 @@ def test_the_ingest_job_refuses_a_bad_spec_in_one_line_before_ray(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [
-        f"--corpus-spec {bad}: field 'record_id.regex': has no named group (?P<record_id>...)"]
+        f"ingest: error: --corpus-spec {bad}: field 'record_id.regex': has no named group "
+        "(?P<record_id>...)"]
     assert not (tmp_path / "out").exists()
     # the project's own specs load cleanly
     for name in ("ludb", "cinc2021"):

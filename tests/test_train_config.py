@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from clef_platform.cli import UsageError
 from clef_platform.train.config import PRESETS, PretrainConfig, parser
 from clef_platform.train.engine import EngineConfig, deepspeed_config
 from clef_platform.train.schedule import warmup_cosine as lr_lambda
@@ -48,9 +49,10 @@ def test_unknown_yaml_key_and_invalid_values(tmp_path):
     y.write_text("optim: {learning_rate: 1}\n")
     with pytest.raises(ValueError, match="optim.learning_rate"):
         PretrainConfig.from_args(["--config", str(y), *BASE])
-    with pytest.raises(SystemExit):
+    # User errors are UsageError (clef_platform.cli: exit 2, one line naming the option).
+    with pytest.raises(UsageError, match="needs --features"):
         PretrainConfig.from_args(["--method", "clef", "--data", "d"])   # clef needs --features
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="steps must be >= 1"):
         PretrainConfig.from_args([*BASE, "--steps", "0"])
 
 

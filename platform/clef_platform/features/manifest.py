@@ -34,7 +34,9 @@ def read_manifest(url: str) -> pd.DataFrame:
 def check_manifest(df: pd.DataFrame, what: str) -> pd.DataFrame:
     missing = set(MANIFEST_COLUMNS) - set(df.columns)
     if missing:
-        raise ValueError(f"manifest {what} lacks columns {sorted(missing)}")
+        from clef_platform.cli import UsageError
+
+        raise UsageError(f"manifest {what} lacks columns {sorted(missing)}")
     return df
 
 
@@ -76,12 +78,32 @@ def manifest_observations(manifest: pd.DataFrame, ranges: PlausibilityRanges | N
                       "known_at": known[has_sex], "source": SOURCE}),
     ], ignore_index=True)
     obs = filter_plausible(obs, ranges, rejects)
-    # Several records of a patient at one instant (or several time-less ones) state one fact.
+    obs = drop_conflicts(obs, rejects)
+    # Several records of a patient at one instant (or several time-less ones) state one fact
+    # (drop_conflicts left only groups that agree, so "mean" is that one value).
     obs = obs.groupby(["patient_id", "feature", "known_at"], as_index=False, dropna=False).agg(
         value=("value", "mean"), observed_at=("observed_at", "first"), source=("source", "first"))
     log.info("manifest: %d records, %d patients, %d header observations",
              len(manifest), manifest["patient_id"].nunique(), len(obs))
     return check_observations(obs), rejects
+
+
+def drop_conflicts(obs: pd.DataFrame, rejects: Rejects) -> pd.DataFrame:
+    """Rows of one patient, feature and instant that disagree (two records of a patient, one
+    male and one female) are rejected with reason "conflict:<values>", never averaged into
+    male = 0.5."""
+    key = ["patient_id", "feature", "known_at"]
+    distinct = obs.groupby(key, dropna=False)["value"].transform("nunique")
+    conflict = distinct > 1
+    for (feature, source), part in obs[conflict].groupby(["feature", "source"]):
+        values = part.groupby("patient_id")["value"].agg(lambda v: "/".join(
+            f"{x:g}" for x in sorted(set(v))))
+        rejects.add(part.assign(raw=part["patient_id"].map(values)), source, feature,
+                    "conflict:duplicate rows disagree")
+    if conflict.any():
+        log.warning("rejected %d rows of %d patients whose duplicates disagree (rejects.csv: "
+                    "conflict)", int(conflict.sum()), obs.loc[conflict, "patient_id"].nunique())
+    return obs[~conflict]
 
 
 def manifest_patients(manifest: pd.DataFrame) -> list[str]:

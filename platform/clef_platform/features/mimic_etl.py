@@ -25,7 +25,9 @@ import numpy as np
 import pandas as pd
 
 from clef_platform.features.config import PlausibilityRanges
+from clef_platform.features.manifest import drop_conflicts
 from clef_platform.features.plausibility import filter_plausible
+from clef_platform.source_tables import TableError, read_csv, read_csv_chunks
 from clef_platform.features.schema import (FLOOR, OBS_COLUMNS, Rejects, check_observations,
                                            empty_observations)
 
@@ -61,7 +63,7 @@ def _table(hosp: Path, name: str) -> Path:
     for candidate in (hosp / f"{name}.csv.gz", hosp / f"{name}.csv"):
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(f"{name}.csv[.gz] not found in {hosp}")
+    raise TableError(f"{name}.csv[.gz] not found in {hosp}")
 
 
 def _obs(pids, feature, values, observed, known, source) -> pd.DataFrame:
@@ -83,7 +85,9 @@ def _subject_ids(df: pd.DataFrame, source: str, rejects: Rejects) -> pd.DataFram
 
 def load_patients(hosp: Path, rejects: Rejects) -> tuple[pd.DataFrame, list[str]]:
     src = "mimic:patients"
-    df = _subject_ids(pd.read_csv(_table(hosp, "patients"), dtype=str), src, rejects)
+    df = _subject_ids(read_csv(_table(hosp, "patients"),
+                                     ["subject_id", "gender", "anchor_age", "anchor_year"],
+                                     dtype=str), src, rejects)
     sex = df["gender"].str.strip().str.upper().map({"M": 1.0, "F": 0.0})
     bad_sex = sex.isna()
     rejects.add(df[bad_sex].assign(raw=df.loc[bad_sex, "gender"]), src, "male", "malformed:gender")
@@ -99,12 +103,16 @@ def load_patients(hosp: Path, rejects: Rejects) -> tuple[pd.DataFrame, list[str]
         _obs(df.loc[~bad_sex, "patient_id"], "male", sex[~bad_sex], pd.NaT, FLOOR, src),
         _obs(df.loc[ok, "patient_id"], "age", age[ok], mid_year.values, FLOOR, src),
     ]
-    return pd.concat(frames, ignore_index=True), sorted(set(df["patient_id"]))
+    # A patient listed twice with different sex or anchor age: rejected, never averaged.
+    return drop_conflicts(pd.concat(frames, ignore_index=True), rejects), \
+        sorted(set(df["patient_id"]))
 
 
 def load_omr(hosp: Path, rejects: Rejects) -> pd.DataFrame:
     src = "mimic:omr"
-    df = _subject_ids(pd.read_csv(_table(hosp, "omr"), dtype=str), src, rejects)
+    df = _subject_ids(read_csv(_table(hosp, "omr"),
+                                     ["subject_id", "chartdate", "result_name", "result_value"],
+                                     dtype=str), src, rejects)
     day = pd.to_datetime(df["chartdate"], errors="coerce", format="%Y-%m-%d", utc=True)
     bad_day = day.isna()
     rejects.add(df[bad_day].assign(raw=df.loc[bad_day, "chartdate"]), src, "*",
@@ -154,8 +162,8 @@ def load_labs(hosp: Path, rejects: Rejects) -> pd.DataFrame:
     src = "mimic:labevents"
     cols = ["subject_id", "itemid", "charttime", "storetime", "value", "valuenum", "valueuom"]
     frames = []
-    for chunk in pd.read_csv(_table(hosp, "labevents"), usecols=cols, dtype=str,
-                             chunksize=LAB_CHUNK_ROWS):
+    for chunk in read_csv_chunks(_table(hosp, "labevents"), cols, LAB_CHUNK_ROWS,
+                                 usecols=cols, dtype=str):
         item = pd.to_numeric(chunk["itemid"], errors="coerce")
         chunk = chunk[item.isin(list(LAB_ITEMS))].assign(itemid=item)
         if not chunk.empty:
@@ -201,9 +209,11 @@ def _code_flags(codes: pd.Series, versions: pd.Series) -> tuple[pd.Series, pd.Se
 
 def load_conditions(hosp: Path, rejects: Rejects) -> pd.DataFrame:
     src = "mimic:diagnoses_icd"
-    dx = _subject_ids(pd.read_csv(_table(hosp, "diagnoses_icd"), dtype=str), src, rejects)
-    adm = pd.read_csv(_table(hosp, "admissions"), dtype=str,
-                      usecols=["hadm_id", "admittime", "dischtime"])
+    dx = _subject_ids(read_csv(_table(hosp, "diagnoses_icd"),
+                                    ["subject_id", "hadm_id", "icd_code", "icd_version"],
+                                    dtype=str), src, rejects)
+    adm = read_csv(_table(hosp, "admissions"), ["hadm_id", "admittime", "dischtime"], dtype=str,
+                   usecols=["hadm_id", "admittime", "dischtime"])
     adm["dischtime"] = pd.to_datetime(adm["dischtime"], errors="coerce", utc=True)
     adm["admittime"] = pd.to_datetime(adm["admittime"], errors="coerce", utc=True)
     dx = dx.merge(adm.drop_duplicates("hadm_id"), on="hadm_id", how="left")

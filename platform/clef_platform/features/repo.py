@@ -17,6 +17,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,11 +36,32 @@ RISK_VIEW = "score2_at_ecg"
 BUILD_INFO = "data/build_info.json"
 
 
+REDIS_PASSWORD_ENV = "CLEF_REDIS_PASSWORD"
+_REDIS_PASSWORD = re.compile(r"(?i)(?<=password=)[^,]+")
+
+
+def redis_connection_yaml(conn: str) -> str:
+    """The connection string as feature_store.yaml holds it: the password, if any, replaced by
+    `${CLEF_REDIS_PASSWORD}`, which Feast expands from the environment when it loads the file
+    (`os.path.expandvars`). Every process that opens the store needs that variable; this one
+    gets it here so that apply and materialise work."""
+    m = _REDIS_PASSWORD.search(conn)
+    if not m:
+        return conn
+    known = os.environ.get(REDIS_PASSWORD_ENV)
+    if known is not None and known != m.group(0):
+        from clef_platform.cli import UsageError
+
+        raise UsageError(f"the Redis connection's password differs from ${REDIS_PASSWORD_ENV}")
+    os.environ[REDIS_PASSWORD_ENV] = m.group(0)
+    return conn[:m.start()] + "${" + REDIS_PASSWORD_ENV + "}" + conn[m.end():]
+
+
 def feature_store_yaml(cfg: FeatureStoreConfig) -> str:
     if cfg.online_store == "redis":
-        # The address comes from config or the environment at build time; a password belongs in
-        # the connection string from the environment (${CLEF_REDIS_CONNECTION}), never in code.
-        online = f"online_store:\n  type: redis\n  connection_string: \"{cfg.redis_address()}\"\n"
+        # No password in the file: it refers to ${CLEF_REDIS_PASSWORD} (redis_connection_yaml).
+        conn = redis_connection_yaml(cfg.redis_address())
+        online = f"online_store:\n  type: redis\n  connection_string: \"{conn}\"\n"
     else:
         online = "online_store:\n  type: sqlite\n  path: data/online.db\n"
     return (f"project: {cfg.project}\n"

@@ -125,11 +125,11 @@ def _split_holdout(records: list[str], cfg: DemoCorpusConfig) -> tuple[list[str]
 
 
 def _admissions(hosp: Path) -> dict[int, list[tuple[int, dt.datetime, dt.datetime]]]:
-    import pandas as pd
+    from clef_platform.source_tables import read_csv
 
-    adm = pd.read_csv(Path(hosp) / "admissions.csv.gz",
-                      usecols=["subject_id", "hadm_id", "admittime", "dischtime"])
-    patients = set(pd.read_csv(Path(hosp) / "patients.csv.gz", usecols=["subject_id"])
+    cols = ["subject_id", "hadm_id", "admittime", "dischtime"]
+    adm = read_csv(Path(hosp) / "admissions.csv.gz", cols, usecols=cols)
+    patients = set(read_csv(Path(hosp) / "patients.csv.gz", ["subject_id"], usecols=["subject_id"])
                    ["subject_id"].astype(int))
     out: dict[int, list[tuple[int, dt.datetime, dt.datetime]]] = {}
     for row in adm.sort_values(["subject_id", "admittime", "hadm_id"]).itertuples(index=False):

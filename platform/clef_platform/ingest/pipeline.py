@@ -310,6 +310,12 @@ def run_ingest(cfg: IngestConfig, *,
     # in object storage is listed from this host's mirror; shard tasks mirror it on theirs.
     refs = list(list_refs(cfg.corpus, mirror.mirror(cfg.source).resolve()))
     log.info("listed %d records of corpus %s from %s", len(refs), cfg.corpus, cfg.source)
+    if not refs:
+        # Refused, never committed: an empty dataset looks like a successful ingest downstream.
+        from clef_platform.cli import UsageError
+
+        raise UsageError(f"--source {cfg.source}: no {cfg.corpus} records found (an empty "
+                         "folder, or not this corpus's layout); nothing was written")
 
     rps = records_per_shard_for(refs, cfg, process) if refs else 1
     plans, duplicates = plan_shards(refs, cfg.split_ratios, rps)

@@ -95,3 +95,16 @@ def ray_temp_root() -> Path:
 def discovery_file(temp_root: Path | None = None) -> Path:
     """Ray's Prometheus service-discovery file (written by the head's dashboard)."""
     return (temp_root or ray_temp_root()) / "prom_metrics_service_discovery.json"
+
+
+def publish_discovery(temp_dir: Path) -> Path:
+    """Point the default discovery path (<RAY_TMPDIR or /tmp>/ray/...) at the service-discovery
+    file of a Ray started in a private temp folder (clef_platform.ray_session), so that
+    `jobs/monitor.py` finds it without options. The newest monitored local Ray wins."""
+    link = discovery_file()
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.symlink(temp_dir / link.name, tmp)
+    os.replace(tmp, link)           # atomic: Prometheus never reads a missing file
+    return link

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,9 +120,11 @@ class ClusterConfig:
     gpus_per_worker: float = _f(0.0, "GPUs per worker (0 = CPU training over gloo)")
     cpus_per_worker: float = _f(1.0, "logical CPUs reserved per worker; keep below the node's "
                                      "cores so loader tasks can still be scheduled")
-    address: str = _f("", "Ray address to join; empty = RAY_ADDRESS or the running cluster, "
-                          "'local' = always start a private one")
-    max_failures: int = _f(3, "worker-group restarts Ray Train attempts after a failure")
+    address: str = _f("", "Ray cluster to join ('auto' = the one `ray start` left on this "
+                          "host); empty = $RAY_ADDRESS, else a private local instance on "
+                          "127.0.0.1; 'local' = always a private one (never joins silently)")
+    max_failures: int = _f(3, "worker-group restarts after a lost worker; a bad value, damaged "
+                                 "data or unwritable storage fails at once (train/failures.py)")
     # Multi-host (docs/cluster.md): where the workers go, and which interface gloo/NCCL use.
     placement: str = _f("PACK", "worker placement: PACK (fill a host first), SPREAD (across "
                                 "hosts when possible), STRICT_SPREAD (one worker per host)",
@@ -252,9 +255,53 @@ class PretrainConfig:
                 read_noise_dir(self.data.noise_dir)
             except NoiseFileError as e:
                 errors.append(f"--data.noise_dir: {e}")
+        errors += self._range_errors()
         if errors:
             raise ValueError("invalid pretraining config: " + "; ".join(errors))
         return self
+
+    def _range_errors(self) -> list[str]:
+        """Values that cannot work, found before anything starts (not in the workers after
+        three restarts)."""
+        from clef_model.net1d import SCALES, min_input_length
+
+        o, d, c = self.optim, self.data, self.cluster
+        checks = [  # (name, value, ok, what it must be)
+            ("optim.lr", o.lr, o.lr > 0, "> 0"),
+            ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
+            ("optim.beta1", o.beta1, 0 <= o.beta1 < 1, "in [0, 1)"),
+            ("optim.beta2", o.beta2, 0 <= o.beta2 < 1, "in [0, 1)"),
+            ("optim.eps", o.eps, o.eps > 0, "> 0"),
+            ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, ">= 0"),
+            ("optim.min_lr_ratio", o.min_lr_ratio, 0 <= o.min_lr_ratio <= 1, "in [0, 1]"),
+            ("optim.grad_clip", o.grad_clip, o.grad_clip >= 0, ">= 0"),
+            ("optim.restart_epochs", o.restart_epochs, o.restart_epochs >= 1, ">= 1"),
+            ("optim.restart_mult", o.restart_mult, o.restart_mult >= 1, ">= 1"),
+            ("optim.eta_min", o.eta_min, o.eta_min >= 0, ">= 0"),
+            ("optim.reference_batch", o.reference_batch, o.reference_batch >= 1, ">= 1"),
+            ("temperature", self.temperature, self.temperature > 0, "> 0"),
+            ("patience", self.patience, self.patience >= 0, ">= 0"),
+            ("patience_delta", self.patience_delta, self.patience_delta >= 0, ">= 0"),
+            ("moco_queue", self.moco_queue, self.moco_queue >= 1, ">= 1"),
+            ("momentum", self.momentum, 0 <= self.momentum <= 1, "in [0, 1]"),
+            ("data.loader_workers", d.loader_workers, d.loader_workers >= 0, ">= 0"),
+            ("data.shuffle_buffer", d.shuffle_buffer, d.shuffle_buffer >= 1, ">= 1"),
+            ("cluster.gpus_per_worker", c.gpus_per_worker, c.gpus_per_worker >= 0, ">= 0"),
+            ("cluster.cpus_per_worker", c.cpus_per_worker, c.cpus_per_worker > 0, "> 0"),
+            ("cluster.max_failures", c.max_failures, c.max_failures >= 0, ">= 0"),
+            ("checkpoint.keep", self.checkpoint.keep, self.checkpoint.keep >= 1, ">= 1"),
+            ("metrics.port", self.metrics.port, 0 <= self.metrics.port <= 65535,
+             "a TCP port (0-65535)"),
+            ("metrics.log_every", self.metrics.log_every, self.metrics.log_every >= 1, ">= 1"),
+        ]
+        errors = [f"{name} must be {what}, got {value!r}" for name, value, ok, what in checks
+                  if not ok or (isinstance(value, float) and not math.isfinite(value))]
+        if self.scale in SCALES:
+            shortest = min_input_length(SCALES[self.scale])
+            if d.view_length < shortest:
+                errors.append(f"data.view_length must be >= {shortest} (the {self.scale} "
+                              f"encoder's total stride), got {d.view_length}")
+        return errors
 
     # ---- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -280,24 +327,28 @@ class PretrainConfig:
         derived values (train/recipes.py: global batch split, lr scaling, epochs or steps)."""
         from clef_platform.train import recipes
 
+        from clef_platform.cli import UsageError
+
         p = parser()
         ns = p.parse_args(argv)
         given = dict(vars(ns))
         config_path = given.pop("config", None)
         yaml_d: dict[str, Any] = load_yaml(config_path) if config_path else {}
-        scale = given.get("scale") or yaml_d.get("scale") or "small"
-        recipe = given.get("recipe") or yaml_d.get("recipe") or "scaled"
-        cfg = cls.preset(scale)
-        recipes.apply_recipe(cfg, recipe)
-        apply_overrides(cfg, yaml_d)
-        apply_overrides(cfg, _unflatten(given))
         try:
+            scale = given.get("scale") or yaml_d.get("scale") or "small"
+            recipe = given.get("recipe") or yaml_d.get("recipe") or "scaled"
+            cfg = cls.preset(scale)
+            recipes.apply_recipe(cfg, recipe)
+            apply_overrides(cfg, yaml_d)
+        except ValueError as e:
+            raise UsageError(f"{config_path}: {e}" if config_path else str(e)) from None
+        try:
+            apply_overrides(cfg, _unflatten(given))
             recipes.resolve(cfg, recipes.explicit_keys(yaml_d) | recipes.explicit_keys(
                 _unflatten(given)))
             return cfg.validate()
         except ValueError as e:
-            p.error(str(e))
-            raise  # unreachable
+            raise UsageError(str(e)) from None
 
 
 # Per-scale presets (overrides of the defaults above). Batches are per worker.
@@ -329,12 +380,22 @@ PRESETS: dict[str, dict[str, Any]] = {
 # ---- helpers ------------------------------------------------------------------------------
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping; a missing or unreadable file or bad YAML is a UsageError naming it."""
     import yaml
 
-    with open(path) as f:
-        d = yaml.safe_load(f) or {}
+    from clef_platform.cli import UsageError
+
+    try:
+        with open(path) as f:
+            d = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise UsageError(f"--config {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        raise UsageError(f"--config {path}: not valid YAML{at}") from None
     if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+        raise UsageError(f"--config {path}: expected a mapping at the top level")
     return d
 
 
@@ -342,22 +403,42 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _coerce(tp, value):
+def _coerce(tp, value, key: str):
+    """`value` as a `tp`, strictly: YAML `steps: 3.7`, `batch_per_worker: true` or
+    `steps: "three"` are errors naming the key, never truncated or cast. An int is a float; a
+    float field also takes a string that reads as one, because YAML 1.1 (PyYAML) reads `1e-3`
+    without a decimal point as a string."""
     if value is None:
         return value
     if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"config key {key!r} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"config key {key!r} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
         if isinstance(value, str):
-            return value.lower() in ("1", "true", "yes", "on")
-        return bool(value)
-    if tp in (int, float, str):
-        return tp(value)
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"config key {key!r} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"config key {key!r} must be a string, got {value!r}")
     return value
 
 
 def apply_overrides(obj, d: dict[str, Any], prefix: str = "") -> None:
     """Set fields of a (nested) dataclass from a (nested or dotted) dict; unknown keys raise."""
     hints = _hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    names = set(fields)
     for key, value in d.items():
         if "." in key:
             head, rest = key.split(".", 1)
@@ -372,7 +453,12 @@ def apply_overrides(obj, d: dict[str, Any], prefix: str = "") -> None:
                 raise ValueError(f"config key {prefix + key!r} must be a mapping")
             apply_overrides(current, value, prefix + key_n + ".")
         else:
-            setattr(obj, key_n, _coerce(hints[key_n], value))
+            value = _coerce(hints[key_n], value, prefix + key_n)
+            choices = fields[key_n].metadata.get("choices")
+            if choices is not None and value not in choices:
+                raise ValueError(f"config key {prefix + key_n!r} must be one of {choices}, "
+                                 f"got {value!r}")
+            setattr(obj, key_n, value)
 
 
 def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
@@ -408,7 +494,9 @@ _ALIASES = {
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from clef_platform.cli import ArgumentParser
+
+    p = ArgumentParser(
         prog="pretrain.py",
         description="Distributed CLEF pretraining on Ray Train + DeepSpeed. Values come from the "
                     "scale's preset, then --config YAML, then these options. Nested fields are "

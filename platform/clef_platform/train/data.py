@@ -289,7 +289,11 @@ def make_batches(cfg, rank: int, world: int, risk_table: RiskTable, vcfg: ViewCo
     loader = torch.utils.data.DataLoader(
         ds, batch_size=None, num_workers=nw, persistent_workers=False,
         prefetch_factor=2 if nw else None,
-        multiprocessing_context="fork" if nw else None)
+        # forkserver, not fork: a Ray worker runs gRPC and torch threads, and a forked child
+        # inherits their locks in whatever state they were (a known deadlock). The server
+        # process is started once, single-threaded; workers get the dataset by pickle through
+        # their own pipe (never from storage).
+        multiprocessing_context="forkserver" if nw else None)
     return iter(loader)
 
 

@@ -33,34 +33,19 @@ class RunResult:
     error: BaseException | None = None
     progress: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    restarts: int = 0                      # worker-group restarts (lost workers only)
+    fatal: BaseException | None = None     # a rank's error that no restart could heal
 
 
-def init_ray(cfg: PretrainConfig) -> None:
-    """Join the configured / running cluster, else start a local one with enough logical CPUs
-    for the workers plus their loaders (2-core machines: Ray must not think the workers hold
-    every CPU)."""
-    import ray
+def ray_for(cfg: PretrainConfig):
+    """The job's Ray (clef_platform.ray_session): the cluster named by --address/RAY_ADDRESS,
+    else a private local one on loopback with enough logical CPUs for the workers plus their
+    loaders (2-core machines: Ray must not think the workers hold every CPU)."""
+    from clef_platform.ray_session import RaySessionConfig, ray_session
 
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    addr = cfg.cluster.address or os.environ.get("RAY_ADDRESS", "")
-    if addr and addr != "local":
-        ray.init(address=addr)
-        return
-    if not addr:
-        try:
-            ray.init(address="auto")
-            log.info("joined the running Ray cluster")
-            return
-        except (ConnectionError, RuntimeError, ValueError):
-            pass
     need = cfg.cluster.workers * cfg.cluster.cpus_per_worker + 1
-    from clef_platform.monitoring.ray_local import local_ray_options
-
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
-             **local_ray_options())   # CLEF_MONITORING=1: with Ray's metrics agent
-    log.info("started a local Ray instance")
+    return ray_session(RaySessionConfig(address=cfg.cluster.address,
+                                        num_cpus=max(os.cpu_count() or 1, int(need + 0.999))))
 
 
 def _fs_and_path(storage: str):
@@ -191,6 +176,7 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
     from clef_platform.train import data as D
     from clef_platform.train.cluster_net import ClusterTorchConfig
     from clef_platform.train.export import training_lineage
+    from clef_platform.train.failures import cannot_heal
     from clef_platform.train.loop import train_loop
     from clef_platform.train.metrics import ProgressBoard, ProgressLogger
 
@@ -219,6 +205,11 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
     # ---- data checks and the risk table (once per job) -------------------------------------
     manifest = D.read_split_manifest(cfg.data.data, cfg.data.split)
     D.check_readers(cfg, manifest["shard"].nunique())
+    longest = int(manifest["n_samples"].max())
+    if cfg.data.view_length > longest:
+        raise ValueError(f"data.view_length {cfg.data.view_length} is longer than every record "
+                         f"of split {cfg.data.split!r} of {cfg.data.data} (longest: {longest} "
+                         "samples)")
     table = D.fetch_risk_table(cfg.data.data, cfg.data.split,
                                cfg.data.features if cfg.method == "clef" or risk_client else "",
                                client=risk_client)
@@ -237,53 +228,76 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
     # What the exports' markers name as training data: computed once here, not per worker.
     lineage = training_lineage(cfg)
 
-    init_ray(cfg)
-    table_ref = ray.put(table)
-    board = ProgressBoard.remote()
-    progress = ProgressLogger(board, interval=progress_interval, logger=log).start()
+    with ray_for(cfg):
+        table_ref = ray.put(table)
+        board = ProgressBoard.remote()
+        progress = ProgressLogger(board, interval=progress_interval, logger=log).start()
 
-    fs, storage_path = _fs_and_path(cfg.checkpoint.storage)
-    cpus = cfg.cluster.cpus_per_worker
-    resources = {"CPU": cpus}
-    if cfg.use_gpu:
-        resources["GPU"] = cfg.cluster.gpus_per_worker
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"cfg": cfg.to_dict(), "risk_table": table_ref, "steps_per_epoch": spe,
-                           "n_records": len(manifest),
-                           "progress_board": board, "trace_dir": trace_dir,
-                           "trace_steps": trace_steps, "resume_from": resume_from,
-                           "lineage": lineage, **(loop_hooks or {})},
-        scaling_config=ScalingConfig(num_workers=cfg.cluster.workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=resources,
-                                     placement_strategy=cfg.cluster.placement),
-        torch_config=ClusterTorchConfig(socket_ifname=cfg.cluster.socket_ifname),
-        run_config=RunConfig(
-            name=cfg.checkpoint.run_name, storage_path=storage_path,
-            storage_filesystem=fs if cfg.checkpoint.storage.startswith("s3://") else None,
-            failure_config=FailureConfig(max_failures=cfg.cluster.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep)),
-    )
-    log.info("training %s-%s: %d workers x batch %d (global %d) for %d steps -> %s",
-             cfg.method, cfg.scale, cfg.cluster.workers, cfg.batch_per_worker, cfg.global_batch,
-             cfg.steps, run_dir)
-    error = None
-    try:
-        result = trainer.fit()
-        metrics, ckpt = result.metrics or {}, result.checkpoint
-        error = result.error
-    except Exception as e:  # noqa: BLE001 - Ray raises TrainingFailedError
-        metrics, ckpt, error = {}, None, e
-    finally:
-        progress.stop()
+        fs, storage_path = _fs_and_path(cfg.checkpoint.storage)
+        cpus = cfg.cluster.cpus_per_worker
+        resources = {"CPU": cpus}
+        if cfg.use_gpu:
+            resources["GPU"] = cfg.cluster.gpus_per_worker
+        def trainer():
+            # No retries inside Ray: its policy restarts every failure alike, so the driver
+            # restarts the group itself, and only for failures a restart can heal
+            # (train/failures.py). Ray restores the latest checkpoint of the named run.
+            return TorchTrainer(
+                train_loop,
+                train_loop_config={"cfg": cfg.to_dict(), "risk_table": table_ref,
+                                   "steps_per_epoch": spe, "n_records": len(manifest),
+                                   "progress_board": board, "trace_dir": trace_dir,
+                                   "trace_steps": trace_steps, "resume_from": resume_from,
+                                   "lineage": lineage, **(loop_hooks or {})},
+                scaling_config=ScalingConfig(num_workers=cfg.cluster.workers,
+                                             use_gpu=cfg.use_gpu,
+                                             resources_per_worker=resources,
+                                             placement_strategy=cfg.cluster.placement),
+                torch_config=ClusterTorchConfig(socket_ifname=cfg.cluster.socket_ifname),
+                run_config=RunConfig(
+                    name=cfg.checkpoint.run_name, storage_path=storage_path,
+                    storage_filesystem=fs if cfg.checkpoint.storage.startswith("s3://")
+                    else None,
+                    failure_config=FailureConfig(max_failures=0),
+                    checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep)),
+            )
+
+        log.info("training %s-%s: %d workers x batch %d (global %d) for %d steps -> %s",
+                 cfg.method, cfg.scale, cfg.cluster.workers, cfg.batch_per_worker, cfg.global_batch,
+                 cfg.steps, run_dir)
+        error, fatal, restarts = None, None, 0
         try:
-            ray.kill(board)
-        except Exception:  # noqa: BLE001
-            pass
-    out = RunResult(run_dir=run_dir, metrics=metrics,
-                    checkpoint_path=ckpt.path if ckpt is not None else None,
-                    exports=list_exports(run_url(cfg.checkpoint.storage, cfg.checkpoint.run_name)),
-                    error=error, progress=progress.lines, seconds=time.monotonic() - t0)
+            while True:
+                try:
+                    result = trainer().fit()
+                    metrics, ckpt = result.metrics or {}, result.checkpoint
+                    error = result.error
+                except Exception as e:  # noqa: BLE001 - Ray raises TrainingFailedError
+                    metrics, ckpt, error = {}, None, e
+                if error is None:
+                    break
+                fatal = cannot_heal(error)
+                if fatal is not None:
+                    log.error("training failed and a restart cannot heal it, not retried: "
+                              "%s: %s", type(fatal).__name__, fatal)
+                    break
+                if restarts >= cfg.cluster.max_failures:
+                    break
+                restarts += 1
+                log.warning("worker group failed (%s); restart %d of %d from the latest "
+                            "checkpoint", type(error).__name__, restarts,
+                            cfg.cluster.max_failures)
+        finally:
+            progress.stop()
+            try:
+                ray.kill(board)
+            except Exception:  # noqa: BLE001
+                pass
+        out = RunResult(run_dir=run_dir, metrics=metrics,
+                        checkpoint_path=ckpt.path if ckpt is not None else None,
+                        exports=list_exports(run_url(cfg.checkpoint.storage, cfg.checkpoint.run_name)),
+                        error=error, progress=progress.lines, seconds=time.monotonic() - t0,
+                        restarts=restarts, fatal=fatal)
     if metrics.get("first_step_end_unix"):
         out.metrics["time_to_first_step_s"] = metrics["first_step_end_unix"] - t0_unix
     if error is None:

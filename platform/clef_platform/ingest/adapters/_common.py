@@ -7,6 +7,7 @@ must never stop on one odd record, and must never drop one either.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -31,9 +32,16 @@ class HeaderMeta:
 
 
 def safe_id(value: str) -> str:
-    """A corpus-native id made safe to use in keys and paths (no separators, no `..`)."""
-    cleaned = _SAFE_ID.sub("_", value.strip()).strip("_")
-    return cleaned or "_"
+    """A corpus-native id made safe to use in keys and paths (no separators, no `..`).
+
+    Ids that are already safe come back unchanged. When cleaning changes the text, the first 8
+    hex digits of the SHA-256 of the raw id are appended, so ids that clean alike stay apart:
+    `ecgé` -> `ecg_1a2b3c4d`, `ecgü` -> `ecg_5e6f7a8b`, and a garbled `rec 1` never takes the
+    valid `rec_1`'s id. The raw id stays in the record's `native_ids` (docs/ingestion.md)."""
+    cleaned = _SAFE_ID.sub("_", value.strip()).strip("_") or "_"
+    if cleaned != value:
+        cleaned = f"{cleaned}_{hashlib.sha256(value.encode('utf-8')).hexdigest()[:8]}"
+    return cleaned
 
 
 def parse_age(value: object) -> float | None:
