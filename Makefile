@@ -3,11 +3,11 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean monitor
 
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP): pyproject.toml infra/setup/bootstrap.sh infra/setup/constraints.txt infra/setup/install_redis.sh infra/setup/install_hostbed_tools.sh
+$(VENV_STAMP): pyproject.toml infra/setup/bootstrap.sh infra/setup/constraints.txt infra/setup/install_redis.sh infra/setup/install_hostbed_tools.sh infra/setup/install_monitoring_tools.sh
 	bash infra/setup/bootstrap.sh
 	touch $(VENV_STAMP)
 
@@ -19,6 +19,11 @@ demo: venv
 test: venv
 	$(PY) -m pytest -m "not multihost"
 	$(PY) -m pytest -m multihost
+
+# A local Prometheus (127.0.0.1:9090, data under out/monitor/) scraping Ray's discovery file and
+# the alert rules; run jobs with CLEF_MONITORING=1 so their local Ray exports metrics. Ctrl-C stops it.
+monitor: venv
+	$(PY) jobs/monitor.py
 
 bench: venv
 	$(PY) benchmarks/run_all.py

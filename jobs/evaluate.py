@@ -161,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=False)
         else:
-            ray.init(address="local", num_cpus=a.num_cpus, include_dashboard=False,
-                     log_to_driver=False)
-    metrics = EvalMetrics()
+            from clef_platform.monitoring.ray_local import local_ray_options
+
+            ray.init(address="local", num_cpus=a.num_cpus, log_to_driver=False,
+                     **local_ray_options())   # CLEF_MONITORING=1: with Ray's metrics agent
+    metrics = EvalMetrics(run=a.run.rstrip("/").rsplit("/", 1)[-1])
     if a.metrics_port is not None:
         metrics.serve(a.metrics_port)
         logging.info("Prometheus gauges on 127.0.0.1:%d", a.metrics_port)

@@ -98,7 +98,10 @@ def init_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()                      # under `ray job submit` or an explicit cluster
     else:
-        ray.init(address="local", include_dashboard=False)   # never join a stray cluster
+        from clef_platform.monitoring.ray_local import local_ray_options
+
+        # never join a stray cluster; CLEF_MONITORING=1: with Ray's metrics agent
+        ray.init(address="local", **local_ray_options())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = IngestConfig(corpus=args.corpus, source=args.source, dest=args.dest,
                        shard_bytes=args.shard_bytes, split_ratios=args.split_ratios,
-                       workers=args.workers, cpus_per_worker=args.cpus_per_worker)
-    metrics = IngestMetrics()
+                       workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                       # one count per shard: the driver's endpoint, or the tasks through Ray
+                       metrics="off" if args.metrics_port is not None else "ray")
+    metrics = IngestMetrics(args.corpus)
     server = MetricsServer(metrics.registry, args.metrics_port) \
         if args.metrics_port is not None else None
     bar: tqdm | None = None
@@ -157,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if bar is not None:
             bar.close()
+        from clef_platform.monitoring.ray_local import linger
+
+        linger()                        # CLEF_MONITORING=1: the last counts reach Prometheus
         if server is not None:
             server.stop()
     print(f"ingest {cfg.corpus} -> {cfg.dest}")

@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     # a finished run's exit status into 1.
     import ray
 
+    from clef_platform.monitoring.ray_local import linger
+
+    linger()                            # CLEF_MONITORING=1: the last counts reach Prometheus
     if ray.is_initialized():
         ray.shutdown()
     return 0 if result.error is None else 1

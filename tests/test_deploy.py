@@ -27,10 +27,10 @@ def _docs(name: str) -> list[dict]:
 def test_every_deployment_file_validates_strictly():
     files = {p.name for p in vm.deployment_files()}
     assert {"raycluster.yaml", "rayjob-pretrain-large.yaml", "evaluate-cronjob.yaml",
-            "podmonitors.yaml", "cluster.yaml"} <= files
+            "podmonitors.yaml", "prometheusrule.yaml", "cluster.yaml"} <= files
     seen = [name for f in vm.deployment_files() for name in vm.validate_file(f)]
     kinds = {s.split()[1].split("/")[0] for s in seen if s.startswith(("ray.io", "batch", "monitoring"))}
-    assert kinds == {"RayCluster", "RayJob", "CronJob", "PodMonitor"}
+    assert kinds == {"RayCluster", "RayJob", "CronJob", "PodMonitor", "PrometheusRule"}
     # the command-line form users run says the same
     p = subprocess.run([sys.executable, str(ROOT / "infra" / "validate_manifests.py")],
                        capture_output=True, text=True)
@@ -53,6 +53,7 @@ def test_crd_copies_ship_with_their_licences():
     ("rayjob-pretrain-large.yaml", "shutdownAfterJobFinishes:", "shutdownAfterJobFinish:",
      "shutdownAfterJobFinish"),
     ("podmonitors.yaml", "podTargetLabels: [ray.io", "podTargetLabel: [ray.io", "podTargetLabel"),
+    ("prometheusrule.yaml", "annotations:", "annotation:", "annotation"),
 ])
 def test_misspelled_field_in_a_custom_resource_fails(tmp_path, name, good, bad, field):
     text = (ROOT / "infra" / "k8s" / name).read_text()
@@ -65,6 +66,22 @@ def test_misspelled_field_in_a_custom_resource_fails(tmp_path, name, good, bad, 
     doc = next(d for d in yaml.safe_load_all(broken.read_text()) if d)
     raw = vm.crd_raw_schemas()[(doc["apiVersion"], doc["kind"])]
     jsonschema.Draft7Validator(raw).validate(doc)
+
+
+def test_alert_files_are_generated_and_pass_promtool(tmp_path):
+    """The committed rules file and PrometheusRule are what monitoring.alerts writes, and the
+    rules pass `promtool check rules` (Debian's prometheus package ships promtool)."""
+    from clef_platform.monitoring import alerts
+
+    for path, write in ((alerts.RULES_FILE, alerts.write_rules),
+                        (alerts.PROMETHEUS_RULE, alerts.write_prometheus_rule)):
+        assert (ROOT / path).read_text() == write(tmp_path / path.name).read_text(), \
+            f"{path} is stale: python -m clef_platform.monitoring.alerts --write"
+    p = subprocess.run(["promtool", "check", "rules", str(ROOT / alerts.RULES_FILE)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and "SUCCESS: 5 rules found" in p.stdout, p.stdout + p.stderr
+    spec = yaml.safe_load((ROOT / alerts.PROMETHEUS_RULE).read_text())["spec"]
+    assert spec == yaml.safe_load((ROOT / alerts.RULES_FILE).read_text())
 
 
 def test_misspelled_field_in_a_pod_template_or_core_object_fails(tmp_path):

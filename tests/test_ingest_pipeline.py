@@ -325,7 +325,7 @@ def test_job_counters_move_then_kill_and_resume_equals_clean(ray_local, tmp_path
            "--workers", "1", "--metrics-port", str(port), "--no-progress"]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    stored_key = 'clef_ingest_records_total{outcome="stored"}'
+    stored_key = 'clef_ingest_records_total{corpus="cinc2021",outcome="stored"}'
     seen: list[float] = []
     try:
         while len(set(seen)) < 3:               # three distinct, increasing counter values

@@ -118,12 +118,12 @@ def test_two_workers_deepspeed_clef_small(ludb_train_data, tmp_path):
     assert (got_risk > 0).all() and len(set(got_risk.tolist())) > 5   # real values, not placeholders
     assert len(set(keys)) > 50                                        # records from many shards
 
-    # Prometheus during the run: samples/s and loss moving
+    # Prometheus during the run (rank 0's --metrics-port endpoint): samples counted, loss moving
     sps = [v for s in scraper.samples for k, v in s.items()
-           if k.startswith('clef_train_samples_per_second{rank="0",scope="global"}')]
+           if k.startswith('clef_train_samples_total{rank="0",run="ds2"}')]
     loss_seen = [v for s in scraper.samples for k, v in s.items()
                  if k.startswith("clef_train_loss")]
-    assert len(set(sps)) >= 2 and max(sps) > 0, scraper.samples[-1:]
+    assert len(set(sps)) >= 2 and sps == sorted(sps) and max(sps) > 0, scraper.samples[-1:]
     assert len(set(loss_seen)) >= 2
     last = scraper.samples[-1]
     assert any(k.startswith("clef_train_last_checkpoint_step") for k in last)

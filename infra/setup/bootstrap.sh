@@ -16,3 +16,6 @@ export DS_BUILD_OPS=0   # DeepSpeed: compile no op at install time
 bash infra/setup/install_redis.sh
 # The multi-host test bed's tools (iproute2, util-linux), where missing.
 bash infra/setup/install_hostbed_tools.sh
+# Local monitoring (jobs/monitor.py, promtool, the throughput page's headless check): Debian's
+# prometheus and chromium, where missing.
+bash infra/setup/install_monitoring_tools.sh

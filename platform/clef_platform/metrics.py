@@ -1,4 +1,4 @@
-"""Prometheus counters for platform jobs, served on loopback while a job runs.
+"""Ingest counters (catalog names) and the loopback metrics server of platform jobs.
 
 Each job gets its own registry (not the process-global one), so several jobs or tests in one
 process never collide on metric names.
@@ -7,43 +7,46 @@ process never collide on metric names.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class IngestMetrics:
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+def record_shard(sink, corpus: str, stored: int, quarantined_by_reason: dict[str, int],
+                 nbytes: int, skipped: bool) -> None:
+    """One shard's figures into a monitoring sink (from the shard's Ray task, or the driver)."""
+    if skipped:
+        sink.inc("clef_ingest_shards_total", 1, corpus=corpus, outcome="skipped")
+        return
+    sink.inc("clef_ingest_shards_total", 1, corpus=corpus, outcome="written")
+    sink.inc("clef_ingest_records_total", stored, corpus=corpus, outcome="stored")
+    sink.inc("clef_ingest_bytes_total", nbytes, corpus=corpus)
+    for reason, n in quarantined_by_reason.items():
+        sink.inc("clef_ingest_records_total", n, corpus=corpus, outcome="quarantined")
+        sink.inc("clef_ingest_quarantined_total", n, corpus=corpus, reason=reason)
 
-    def __post_init__(self) -> None:
-        r = self.registry
-        self.records = Counter("clef_ingest_records", "Records processed (stored or quarantined)",
-                               ["outcome"], registry=r)
-        self.bytes = Counter("clef_ingest_bytes", "Shard bytes written to storage", registry=r)
-        self.quarantined = Counter("clef_ingest_quarantined", "Records quarantined, by reason",
-                                   ["reason"], registry=r)
-        self.shards = Counter("clef_ingest_shards", "Shards completed", ["state"], registry=r)
+
+class IngestMetrics:
+    """The driver's count of an ingest in a prometheus_client registry (catalog names), for
+    `jobs/ingest.py --metrics-port`; without it the shard tasks report through Ray instead."""
+
+    def __init__(self, corpus: str = "") -> None:
+        from clef_platform.monitoring.sink import PrometheusSink
+
+        self.corpus = corpus
+        self.sink = PrometheusSink()
+        self.registry = self.sink.registry
         # Touch the label sets we always report, so a scrape shows them from the first second.
-        self.records.labels("stored")
-        self.records.labels("quarantined")
-        self.shards.labels("written")
-        self.shards.labels("skipped")
+        for outcome in ("stored", "quarantined"):
+            self.sink.inc("clef_ingest_records_total", 0, corpus=corpus, outcome=outcome)
+        for outcome in ("written", "skipped"):
+            self.sink.inc("clef_ingest_shards_total", 0, corpus=corpus, outcome=outcome)
 
     def shard_done(self, stored: int, quarantined_by_reason: dict[str, int], nbytes: int,
                    skipped: bool) -> None:
-        if skipped:
-            self.shards.labels("skipped").inc()
-            return
-        self.shards.labels("written").inc()
-        self.records.labels("stored").inc(stored)
-        self.bytes.inc(nbytes)
-        for reason, n in quarantined_by_reason.items():
-            self.records.labels("quarantined").inc(n)
-            self.quarantined.labels(reason).inc(n)
+        record_shard(self.sink, self.corpus, stored, quarantined_by_reason, nbytes, skipped)
 
 
 class MetricsServer:

@@ -15,11 +15,19 @@ def baseline_name(checkpoint: str) -> str:
 
 
 class EvalMetrics:
-    """Prometheus gauges of the latest figures per task."""
+    """Prometheus gauges of the latest figures per task (this registry: --metrics-port), and
+    the catalog's evaluation metrics through Ray's metrics pipeline when the evaluator runs in
+    Ray (results written, failed passes, latest metric and export step, labelled by run)."""
 
-    def __init__(self, registry=None):
+    def __init__(self, registry=None, run: str = ""):
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
+        import ray
+
+        from clef_platform.monitoring.sink import Sink, SinkConfig, build_sink
+
+        self.run = run
+        self.sink = build_sink(SinkConfig("ray")) if ray.is_initialized() else Sink()
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.value = Gauge("clef_eval_metric", "Latest export's probe metric per task",
@@ -49,6 +57,13 @@ class EvalMetrics:
     def failed(self, task: str) -> None:
         self.failures.labels(task).inc()
 
+    def result(self, task: str) -> None:
+        self.sink.inc("clef_eval_results_total", 1, run=self.run, task=task)
+
+    def pass_done(self, failed: bool) -> None:
+        # inc(0) on a pass that went well: the series exists from the first pass on
+        self.sink.inc("clef_eval_pass_failures_total", 1 if failed else 0, run=self.run)
+
     def update(self, df) -> None:
         ok = df[df["status"] == "ok"]
         for task, g in ok[ok["kind"] == "export"].groupby("task"):
@@ -57,6 +72,9 @@ class EvalMetrics:
             self.lower.labels(task, latest["metric"]).set(latest["lower"])
             self.upper.labels(task, latest["metric"]).set(latest["upper"])
             self.step.labels(task).set(int(latest["step"]))
+            self.sink.set("clef_eval_metric", float(latest["value"]), run=self.run, task=task,
+                          metric=latest["metric"])
+            self.sink.set("clef_eval_export_step", int(latest["step"]), run=self.run, task=task)
         for (task, ckpt), g in ok[ok["kind"] != "export"].groupby(["task", "checkpoint"]):
             row = g.sort_values("created_at").iloc[-1]
             self.baseline.labels(task, row["metric"], baseline_name(ckpt)).set(row["value"])

@@ -213,6 +213,8 @@ def evaluate_pass(cfg: EvalConfig, metrics=None, render: bool = True,
                     continue
                 if results.add(row):
                     summary.added += 1
+                    if metrics:
+                        metrics.result(t.name)
                     log.info("%s %s %s step %s: %s %.4f [%.4f, %.4f] (%s)", t.name,
                              row.protocol, model.kind, model.step, row.metric, row.value,
                              row.lower, row.upper, row.status)
@@ -224,6 +226,7 @@ def evaluate_pass(cfg: EvalConfig, metrics=None, render: bool = True,
     df = results.read()
     if metrics:
         metrics.update(df)
+        metrics.pass_done(bool(summary.failed))
     if render:
         from clef_platform.evaluate.report import render_report
 

@@ -127,7 +127,8 @@ def render_report(df: pd.DataFrame, report_url: str, tasks=(), run_url: str = ""
 td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}}
 figure{{display:inline-block;margin:8px}}img{{max-width:640px}}</style></head><body>
 <h1>Downstream evaluation (linear probes, fine-tuning)</h1>
-<p>Run: <code>{html.escape(run_url)}</code>. Metrics: macro AUROC (higher is better), MAE
+<p>Run: <code>{html.escape(run_url)}</code> (<a href="../../report/index.html">its throughput
+page</a>). Metrics: macro AUROC (higher is better), MAE
 (lower is better); intervals are 95% patient-level bootstrap percentile intervals.</p>
 <h2>Latest figures</h2>
 <table><tr><th>task</th><th>protocol, lead</th><th>metric</th><th>step</th><th>latest checkpoint</th>

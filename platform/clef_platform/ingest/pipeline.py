@@ -59,8 +59,11 @@ class IngestConfig:
     workers: int = 2                 # concurrent shard-writing tasks
     cpus_per_worker: float = 1.0     # fractional values let ingest share a small machine
     probe_records: int = 16
+    metrics: str = "ray"             # ray: shard tasks report through ray.util.metrics; off
 
     def __post_init__(self) -> None:
+        if self.metrics not in ("ray", "off"):
+            raise ValueError(f"metrics must be 'ray' or 'off', got {self.metrics!r}")
         if self.shard_bytes < 1024:
             raise ValueError(f"shard_bytes must be >= 1024, got {self.shard_bytes}")
         if self.workers < 1:
@@ -260,9 +263,26 @@ def write_shard(name: str, split: str, refs_json: str, dest: str,
     return ShardResult(name, len(stored_rows), len(quarantined_rows), nbytes, dict(reasons))
 
 
+_SINK = None   # one Ray sink per worker process (each metric registers once)
+
+
+def _ray_sink():
+    global _SINK
+    if _SINK is None:
+        from clef_platform.monitoring.sink import RaySink
+
+        _SINK = RaySink()
+    return _SINK
+
+
 def _write_shard_row(row: dict[str, Any], process: ProcessFn, dest: str,
-                     source: str | None = None) -> dict[str, Any]:
+                     source: str | None = None, corpus: str = "",
+                     metrics: str = "off") -> dict[str, Any]:
     r = write_shard(row["name"], row["split"], row["refs"], dest, process, source)
+    if metrics == "ray":   # from the task itself: Ray's metrics agent on this node exports it
+        from clef_platform.metrics import record_shard
+
+        record_shard(_ray_sink(), corpus, r.stored, r.reasons, r.nbytes, False)
     return {"name": r.name, "stored": r.stored, "quarantined": r.quarantined,
             "nbytes": r.nbytes, "reasons": json.dumps(r.reasons, sort_keys=True)}
 
@@ -320,6 +340,15 @@ def _ingest_claimed(cfg: IngestConfig, store: ObjectStore, plans: list[ShardPlan
     summary = IngestSummary(records_in=refs_in, records_per_shard=rps)
     if on_plan:
         on_plan(len(plans))
+    if cfg.metrics == "ray":   # what the driver itself decided: duplicates, finished shards
+        from clef_platform.metrics import record_shard
+
+        for reason, n in Counter(q.reason for q in duplicates).items():
+            _ray_sink().inc("clef_ingest_records_total", n, corpus=cfg.corpus,
+                            outcome="quarantined")
+            _ray_sink().inc("clef_ingest_quarantined_total", n, corpus=cfg.corpus, reason=reason)
+        for _ in range(len(plans) - len(todo)):
+            record_shard(_ray_sink(), cfg.corpus, 0, {}, 0, True)
     for p in plans:
         if p.name in done:
             summary.shards_skipped += 1
@@ -332,7 +361,8 @@ def _ingest_claimed(cfg: IngestConfig, store: ObjectStore, plans: list[ShardPlan
         # One block per shard so Ray Data can run `workers` shards at once.
         ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
             _write_shard_row, fn_kwargs={"process": process, "dest": cfg.dest,
-                                               "source": str(cfg.source)},
+                                               "source": str(cfg.source), "corpus": cfg.corpus,
+                                               "metrics": cfg.metrics},
             num_cpus=cfg.cpus_per_worker,
             compute=ray.data.TaskPoolStrategy(size=cfg.workers))
         for out in ds.iter_rows():

@@ -67,6 +67,8 @@ CATALOG: tuple[MetricSpec, ...] = (
        "corpus", "outcome"),
     _c("clef_ingest_bytes_total", "Shard bytes written", "corpus"),
     _c("clef_ingest_quarantined_total", "Records quarantined, by reason code", "corpus", "reason"),
+    _c("clef_ingest_shards_total", "Shards completed, by outcome (written|skipped)",
+       "corpus", "outcome"),
     # evaluation
     _c("clef_eval_results_total", "Probe results written", "run", "task"),
     _c("clef_eval_pass_failures_total", "Evaluation passes that failed", "run"),

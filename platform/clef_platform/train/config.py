@@ -148,8 +148,14 @@ class CheckpointConfig:
 
 @dataclass
 class MetricsConfig:
-    port: int = _f(0, "Prometheus port on 127.0.0.1 for rank 0 (rank k uses port + k); "
-                      "0 = no HTTP server")
+    port: int = _f(0, "Prometheus port on 127.0.0.1 for rank 0 (rank k uses port + k), for "
+                      "runs scraped without Ray's metrics agent; 0 = the metrics go through "
+                      "Ray's metrics pipeline (docs/monitoring.md)")
+    backend: str = _f("auto", "where the metrics go: auto (prometheus when a port is given, else "
+                              "ray), ray, prometheus, off", choices=["auto", "ray", "prometheus",
+                                                                     "off"])
+    peak_flops: float = _f(0.0, "measured peak training FLOP/s of one worker, the denominator of "
+                                "model FLOP utilisation (0 = MFU not reported)")
     log_every: int = _f(10, "rank 0 logs a progress line every N steps")
 
 

@@ -9,7 +9,9 @@ The components (each a typed config + build function): `engine.py`, `checkpointe
 
 Test hooks in the loop config (never set by the CLI): `trace_dir` / `trace_steps` (what reached
 the loss, per rank and micro-step; events with PIDs and parameter digests), `nan_grad`
-({"rank": r, "step": s}: rank r's gradients become NaN in step s, 0-based).
+({"rank": r, "step": s}: rank r's gradients become NaN in step s, 0-based), `stall`
+({"rank": r, "step": s, "seconds": x}: rank r sleeps x s inside step s, a stalled worker for
+the monitoring alerts' test).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def train_loop(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from clef_model.flops import train_step_flops
     from clef_platform.train import data as D
     from clef_platform.train.checkpointer import Checkpointer, CheckpointerConfig
     from clef_platform.train.config import PretrainConfig
@@ -82,6 +85,7 @@ def train_loop(loop_config: dict) -> None:
     np.random.seed(cfg.seed + rank)
     accum = cfg.optim.grad_accum
     trace_dir, nan_grad = loop_config.get("trace_dir"), loop_config.get("nan_grad")
+    stall = loop_config.get("stall")
 
     # ---- model, engine (optimiser, schedule) -----------------------------------------------
     spe = loop_config.get("steps_per_epoch", 1)
@@ -103,10 +107,16 @@ def train_loop(loop_config: dict) -> None:
     # checkpoint yet, so a resumed run counts patience afresh.
     stopper = EarlyStopping(cfg.patience, cfg.patience_delta)
     epoch_loss, epoch_steps = 0.0, 0
+    # FLOP per record: its two views through the encoder, 3 x forward (clef_model.flops).
+    flops = train_step_flops(cfg.scale, cfg.data.view_length, views=2)
     sink = build_metrics_sink(MetricsSinkConfig(port=cfg.metrics.port,
                                                 log_every=cfg.metrics.log_every,
                                                 total_steps=cfg.steps,
-                                                global_batch=cfg.global_batch, grad_accum=accum),
+                                                global_batch=cfg.global_batch, grad_accum=accum,
+                                                run=cfg.checkpoint.run_name,
+                                                backend=cfg.metrics.backend,
+                                                flops_per_sample=flops,
+                                                peak_flops=cfg.metrics.peak_flops),
                               rank, world, loop_config.get("progress_board"))
     resumed_from = step             # in every report: where this worker group started
     if step:
@@ -120,6 +130,8 @@ def train_loop(loop_config: dict) -> None:
         t0 = time.perf_counter()
         wait, loss_sum, losses_finite = 0.0, 0.0, True
         hook = _nan_hook(model) if nan_grad and nan_grad == {"rank": rank, "step": step} else None
+        if stall and (stall["rank"], stall["step"]) == (rank, step):
+            time.sleep(stall["seconds"])
         for micro in range(accum):
             tw = time.perf_counter()
             batch = next(data)
@@ -138,10 +150,13 @@ def train_loop(loop_config: dict) -> None:
         # Every rank learns whether any rank's loss or gradients are not finite, and all stop
         # here, before the optimiser has changed any parameter.
         if not _all_ranks_finite(losses_finite and engine.grads_finite()):
+            if not losses_finite:
+                sink.nonfinite(loss_sum / accum)   # the alert's input, before the run stops
             if trace_dir:
                 with engine.full_params(model):
                     D.trace_event(trace_dir, rank, {"event": "nonfinite", "step": step,
                                                     "params_sha256": D.param_digest(model)})
+            sink.close()
             raise FloatingPointError(f"non-finite loss or gradients in step {step + 1} (on at "
                                      f"least one rank); no parameter was updated")
         grad_norm = engine.step()

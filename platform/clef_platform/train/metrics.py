@@ -1,7 +1,7 @@
-"""Training metrics: Prometheus gauges per worker, and a progress board the driver reads.
-
-Every worker serves its own registry on 127.0.0.1:<port + rank> (port 0 = no server). Labels
-are only `rank` (and `scope` for samples/s): never patient or record ids.
+"""Training metrics: the catalog's counters, histograms and gauges per worker (through Ray's
+metrics pipeline, or a prometheus_client registry on 127.0.0.1:<port + rank> when a port is
+given), and a progress board the driver reads. Labels are `run` and `rank`: never patient or
+record ids.
 
 The driver cannot scrape workers on other nodes, so rank 0 also pushes a summary to a tiny
 Ray actor (`ProgressBoard`) every `log_every` steps; the driver polls it and logs
@@ -13,88 +13,86 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import ray
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainMetrics:
+    """One rank's catalog metrics (monitoring.catalog) through a sink: Ray's metrics pipeline in
+    a Train worker, or a prometheus_client registry served on <port + rank> (--metrics-port).
+
+    Throughput is counters (samples, views, steps, FLOP) that Prometheus rates over any window;
+    MFU is this rank's training FLOP/s over `peak_flops`, a measured peak (0 = not reported).
+    """
+
     rank: int
     world: int
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    run: str = ""
+    backend: str = "auto"         # monitoring.sink backends; auto = prometheus if a port is given
+    port: int = 0
+    flops_per_sample: float = 0.0  # training FLOP of one record (all its views, 3 x forward)
+    views_per_sample: int = 2
+    peak_flops: float = 0.0
 
     def __post_init__(self) -> None:
-        r, lab = self.registry, ["rank"]
-        self.samples_per_s = Gauge("clef_train_samples_per_second",
-                                   "Training samples/s (scope=global: all ranks, from rank 0; "
-                                   "scope=worker: this rank)", ["scope", "rank"], registry=r)
-        self.step_seconds = Gauge("clef_train_step_seconds", "Wall time of the last optimiser step",
-                                  lab, registry=r)
-        self.data_wait = Gauge("clef_train_data_wait_seconds",
-                               "Time the last step waited for its batch(es)", lab, registry=r)
-        self.data_wait_frac = Gauge("clef_train_data_wait_fraction",
-                                    "Share of step time spent waiting for data", lab, registry=r)
-        self.loss = Gauge("clef_train_loss", "Loss of the last step (global batch)", lab, registry=r)
-        self.lr = Gauge("clef_train_learning_rate", "Learning rate of the last step", lab, registry=r)
-        self.grad_norm = Gauge("clef_train_grad_norm", "Global gradient norm before clipping",
-                               lab, registry=r)
-        self.step = Gauge("clef_train_step", "Optimiser steps completed", lab, registry=r)
-        self.gpu_mem = Gauge("clef_train_gpu_memory_bytes", "GPU memory (kind=allocated|peak)",
-                             ["kind", "rank"], registry=r)
-        self.last_ckpt = Gauge("clef_train_last_checkpoint_step", "Step of the last checkpoint",
-                               lab, registry=r)
-        self._server = None
+        from clef_platform.monitoring.sink import SinkConfig, build_sink
 
-    def serve(self, base_port: int) -> int | None:
-        if not base_port:
-            return None
-        from clef_platform.netbind import bind_address
-
-        port = base_port + self.rank
-        addr = bind_address()          # CLEF_BIND_ADDRESS: 127.0.0.1 unless scraped across hosts
+        backend = self.backend
+        if backend == "auto":
+            backend = "prometheus" if self.port else "ray"
+        port = self.port + self.rank if backend == "prometheus" and self.port else None
         try:
-            self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
+            self.sink = build_sink(SinkConfig(backend, port))
         except OSError as e:  # a port clash must never kill training
-            log.warning("rank %d: Prometheus port %d unavailable (%s); metrics not served",
+            log.warning("rank %d: Prometheus port %s unavailable (%s); metrics not served",
                         self.rank, port, e)
-            return None
-        log.info("rank %d: Prometheus metrics on http://%s:%d/metrics", self.rank, addr, port)
-        return port
+            self.sink = build_sink(SinkConfig(backend, None))
+        self.labels = {"run": self.run, "rank": str(self.rank)}
+
+    @property
+    def registry(self):
+        return getattr(self.sink, "registry", None)
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self.sink.close()
 
     def update(self, *, step: int, loss: float, lr: float, grad_norm: float | None,
                step_s: float, wait_s: float, samples: int, device=None) -> None:
-        rk = str(self.rank)
-        worker_sps = samples / step_s if step_s > 0 else 0.0
-        self.samples_per_s.labels("worker", rk).set(worker_sps)
-        if self.rank == 0:
-            # Every rank takes the same step in lock-step: global rate = world x own rate.
-            self.samples_per_s.labels("global", rk).set(worker_sps * self.world)
-        self.step_seconds.labels(rk).set(step_s)
-        self.data_wait.labels(rk).set(wait_s)
-        self.data_wait_frac.labels(rk).set(wait_s / step_s if step_s > 0 else 0.0)
-        self.loss.labels(rk).set(loss)
-        self.lr.labels(rk).set(lr)
+        s, lab = self.sink, self.labels
+        s.inc("clef_train_samples_total", samples, **lab)
+        s.inc("clef_train_views_total", samples * self.views_per_sample, **lab)
+        s.inc("clef_train_steps_total", 1, **lab)
+        flops = samples * self.flops_per_sample
+        if flops:
+            s.inc("clef_train_flops_total", flops, **lab)
+            if self.peak_flops > 0 and step_s > 0:
+                s.set("clef_train_model_flops_utilisation", flops / step_s / self.peak_flops,
+                      **lab)
+        s.observe("clef_train_step_seconds", step_s, **lab)
+        s.observe("clef_train_data_wait_seconds", wait_s, **lab)
+        s.set("clef_train_loss", loss, **lab)
+        s.set("clef_train_learning_rate", lr, **lab)
         if grad_norm is not None:
-            self.grad_norm.labels(rk).set(grad_norm)
-        self.step.labels(rk).set(step)
+            s.set("clef_train_grad_norm", grad_norm, **lab)
+        s.set("clef_train_last_step_timestamp_seconds", time.time(), **lab)
         if device is not None and getattr(device, "type", "cpu") == "cuda":
             import torch
 
-            self.gpu_mem.labels("allocated", rk).set(torch.cuda.memory_allocated(device))
-            self.gpu_mem.labels("peak", rk).set(torch.cuda.max_memory_allocated(device))
+            s.set("clef_train_gpu_memory_bytes", torch.cuda.memory_allocated(device),
+                  kind="allocated", **lab)
+            s.set("clef_train_gpu_memory_bytes", torch.cuda.max_memory_allocated(device),
+                  kind="peak", **lab)
+
+    def nonfinite(self, loss: float) -> None:
+        """The step's loss was not finite: publish it before the run stops (the alert's input)."""
+        self.sink.set("clef_train_loss", loss, **self.labels)
 
     def checkpointed(self, step: int) -> None:
-        self.last_ckpt.labels(str(self.rank)).set(step)
+        self.sink.set("clef_train_last_checkpoint_step", step, **self.labels)
 
 
 @ray.remote(num_cpus=0)
@@ -160,6 +158,10 @@ class MetricsSinkConfig:
     total_steps: int = 200
     global_batch: int = 64        # records per micro-step over all ranks
     grad_accum: int = 1
+    run: str = ""
+    backend: str = "auto"         # monitoring.sink: auto = prometheus if port else ray; off
+    flops_per_sample: float = 0.0  # training FLOP per record (clef_model.flops)
+    peak_flops: float = 0.0       # measured peak FLOP/s of one worker (0 = no MFU)
 
 
 class MetricsSink:
@@ -168,8 +170,9 @@ class MetricsSink:
 
     def __init__(self, cfg: MetricsSinkConfig, rank: int, world: int, board=None):
         self.cfg, self.rank, self.board = cfg, rank, board
-        self.gauges = TrainMetrics(rank, world)
-        self.gauges.serve(cfg.port)
+        self.gauges = TrainMetrics(rank, world, run=cfg.run, backend=cfg.backend, port=cfg.port,
+                                   flops_per_sample=cfg.flops_per_sample,
+                                   peak_flops=cfg.peak_flops)
         self.t_start = time.time()
         self.first_step_s = None      # the first step (compilation, allocator warm-up)
         self.first_step_end = None    # wall clock at its end (time to first step)
@@ -203,6 +206,9 @@ class MetricsSink:
                 # global samples/s averaged over the steps after the first (lock-step ranks)
                 "samples_per_s": (c.global_batch * c.grad_accum * self.steady_n / self.steady_s
                                   if self.steady_n else float("nan"))}
+
+    def nonfinite(self, loss: float) -> None:
+        self.gauges.nonfinite(loss)
 
     def checkpointed(self, step: int) -> None:
         self.last_ckpt = step

@@ -56,8 +56,10 @@ def init_ray(cfg: PretrainConfig) -> None:
         except (ConnectionError, RuntimeError, ValueError):
             pass
     need = cfg.cluster.workers * cfg.cluster.cpus_per_worker + 1
+    from clef_platform.monitoring.ray_local import local_ray_options
+
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
-             include_dashboard=False)
+             **local_ray_options())   # CLEF_MONITORING=1: with Ray's metrics agent
     log.info("started a local Ray instance")
 
 
@@ -162,6 +164,19 @@ def drop_missing_checkpoints(storage: str, run_name: str) -> list[str]:
         f.write(json.dumps(snap).encode())
     fs.move(tmp, path)
     return dropped
+
+
+def _throughput_page(run_dir: str, start: float) -> None:
+    """The run's throughput page (`<run>/report/`): from the Prometheus named by
+    CLEF_PROMETHEUS_URL (jobs/monitor.py prints it) over the run's time range, else from the
+    trainer's reports. A page that cannot be drawn is logged; the trained run stands."""
+    from clef_platform.monitoring.throughput import PageConfig, render_throughput_page
+
+    try:
+        render_throughput_page(PageConfig(run_dir, os.environ.get("CLEF_PROMETHEUS_URL", ""),
+                                          start, time.time()))
+    except (OSError, KeyError, RuntimeError, ValueError) as e:
+        log.warning("throughput page of %s not drawn: %s", run_dir, e)
 
 
 def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | None = None,
@@ -271,6 +286,8 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
                     error=error, progress=progress.lines, seconds=time.monotonic() - t0)
     if metrics.get("first_step_end_unix"):
         out.metrics["time_to_first_step_s"] = metrics["first_step_end_unix"] - t0_unix
+    if error is None:
+        _throughput_page(run_dir, t0_unix)
     if error is not None and raise_on_error:
         raise error
     log.info("done in %.0f s: step %s loss %s; %d exports, last %s", out.seconds,
