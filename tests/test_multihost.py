@@ -179,6 +179,54 @@ def test_whole_pipeline_across_hosts_hands_over_only_through_s3_and_redis(bed):
     bed.wait_nodes(4)                       # every worker host back for the tests after this
 
 
+def _prometheus_query(bed, promql: str) -> list[dict]:
+    """An instant query to the Prometheus on the head host (it listens on the head's loopback)."""
+    from urllib.parse import urlencode
+    url = "http://127.0.0.1:9090/api/v1/query?" + urlencode({"query": promql})
+    out = bed.exec("head", ["python", "-c", "import json, urllib.request\n"
+                            f"r = json.load(urllib.request.urlopen({url!r}, timeout=10))\n"
+                            "print(json.dumps(r['data']['result']))"])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_prometheus_on_the_head_scrapes_training_workers_on_other_hosts(bed):
+    # jobs/monitor.py on the head: Prometheus scrapes the targets of Ray's service-discovery
+    # file, i.e. the metrics agent of every node, where the training workers' metrics (recorded
+    # through ray.util.metrics) are exported
+    prom = bed.spawn("head", "monitor", [
+        "python", "jobs/monitor.py", "--data-dir", "/tmp/monitor", "--port", "9090",
+        "--ray-discovery", "/tmp/ray/prom_metrics_service_discovery.json",
+        "--scrape-interval", "2s"])
+    try:
+        train = bed.submit(["python", "jobs/pretrain.py", "--scale", "small", "--method",
+                            "simclr", "--no-deepspeed", "--data", "s3://clef/datasets/ludb",
+                            "--storage", "s3://clef/runs", "--run-name", "scraped",
+                            "--workers", "2", "--placement", "STRICT_SPREAD",
+                            "--cpus-per-worker", "1", "--batch-per-worker", "4",
+                            "--steps", "12", "--checkpoint-every", "12",
+                            "--data.loader_workers", "1"], "pretrain-scraped")
+        assert train.returncode == 0, (train.stdout + train.stderr)[-4000:]
+        time.sleep(6)                                   # a scrape after the last step
+        series = _prometheus_query(bed, 'clef_train_samples_total{run="scraped"}')
+        assert prom.poll() is None, bed.log("head", "monitor")[-3000:]
+    finally:
+        # stop monitor.py (which stops its Prometheus) by its PID on the head host
+        for pid in testbed.namespace_pids(bed.hosts["head"].ns):
+            try:
+                if b"jobs/monitor.py" in open(f"/proc/{pid}/cmdline", "rb").read():
+                    os.kill(pid, signal.SIGTERM)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        prom.wait(timeout=60)
+    # one series per rank, each scraped from the metrics agent of the host its worker ran on
+    hosts = {s["metric"]["instance"].rsplit(":", 1)[0] for s in series}
+    ranks = {s["metric"]["rank"] for s in series}
+    assert ranks == {"0", "1"} and len(hosts) == 2 and hosts <= _worker_addresses(bed), series
+    # each rank trained 12 steps of 4 records (the agents export every few seconds, so the
+    # last scrape may be a step or two behind)
+    assert all(0 < float(s["value"][1]) <= 48 for s in series), series
+
+
 def _train_hosts(bed) -> list[str]:
     """Hosts with a Ray Train worker process running."""
     found = []
