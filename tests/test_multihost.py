@@ -2,9 +2,10 @@
 bridge, each host with its own address and private /tmp), with a real Ray cluster, a moto S3
 server and redis-server each on their own host.
 
-Order matters and is kept by the file: the bed's own up/teardown test runs first with a bed of
-its own; the later tests share one bed (module fixture). Needs root; skips with the reason
-otherwise (CI runs as root).
+One bed for the whole file (module fixture), built over the leftovers of a crashed earlier bed.
+Order matters and is kept by the file: the first test checks what came up, the last one tears
+the bed down and checks that nothing is left. Needs root; skips with the reason otherwise (CI
+runs as root).
 """
 
 from __future__ import annotations
@@ -29,78 +30,62 @@ def _root_links() -> set[str]:
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
 
 
-def test_bed_up_and_teardown_leaves_nothing():
+@pytest.fixture(scope="module")
+def bed():
     # A crashed earlier bed: a namespace of the bed's prefix with a process still inside.
     subprocess.run(["ip", "netns", "add", testbed.PREFIX + "stale"], check=True)
     stale = subprocess.Popen(["ip", "netns", "exec", testbed.PREFIX + "stale", "sleep", "600"],
                              start_new_session=True)
     links_before = _root_links()
-
-    bed = testbed.Bed(testbed.BedConfig(workers=2))
-    try:
-        bed.up()
-        # up removed the leftovers before building: the stale process is dead, its namespace gone
-        stale.wait(timeout=10)
-        assert not testbed.alive(stale.pid)
-        assert testbed.PREFIX + "stale" not in testbed.bed_namespaces()
-        assert set(testbed.bed_namespaces()) == {testbed.BRIDGE_NS} | {h.ns for h in bed.hosts.values()}
-
-        # 3 Ray hosts, each known to the GCS by its own bed address
-        ips = sorted(n["ip"] for n in bed.nodes())
-        assert ips == sorted(bed.hosts[h].address for h in ("head", "w1", "w2"))
-        assert all(ip.startswith("198.18.") for ip in ips)
-
-        # S3 on its host, reached over the bridge from a worker host; Redis likewise
-        bed.exec("w1", ["python", "-c",
-                        "import boto3; s=boto3.client('s3'); s.create_bucket(Bucket='probe');"
-                        "s.put_object(Bucket='probe', Key='k', Body=b'w1')"])
-        got = bed.exec("w2", ["python", "-c",
-                              "import boto3; print(boto3.client('s3').get_object("
-                              "Bucket='probe', Key='k')['Body'].read().decode())"])
-        assert got.stdout.strip() == "w1"
-        host, port = bed.redis_address.split(":")
-        pong = bed.exec("w2", ["python", "-c",
-                               f"import redis; print(redis.Redis('{host}', {port}).ping())"])
-        assert pong.stdout.strip() == "True"
-        # servers are bound to their bed address, not to every interface
-        assert "127.0.0.1" not in bed.s3_endpoint
-
-        # private disks: a file in w1's /tmp is seen by no other host nor by the machine
-        bed.exec("w1", ["sh", "-c", "echo mine > /tmp/only-w1"])
-        assert bed.exec("w1", ["cat", "/tmp/only-w1"]).stdout.strip() == "mine"
-        assert bed.exec("w2", ["test", "-e", "/tmp/only-w1"], check=False).returncode == 1
-        assert not os.path.exists("/tmp/only-w1")
-        # the checkout is read-only on every host
-        assert bed.exec("w2", ["touch", str(testbed.ROOT / "x")], check=False).returncode != 0
-
-        inodes = bed.namespace_inodes()
-        pids = [p for ns in testbed.bed_namespaces() for p in testbed.namespace_pids(ns)]
-        assert len(pids) > 10          # keepers, raylets, GCS, moto, redis, Ray's agents...
-        # (PID, start time): other work on the machine may reuse a PID after teardown
-        seen = {p: testbed.started_at(p) for p in pids}
-    finally:
-        bed.down()
-
-    # nothing left: no namespace, no link in the machine's namespace, no process in any bed
-    # namespace, none of the PIDs seen while the bed was up
-    assert testbed.bed_namespaces() == []
-    assert _root_links() == links_before
-    assert testbed.processes_in(inodes) == []
-    assert [p for p in pids if testbed.alive(p) and testbed.started_at(p) == seen[p]] == []
-
-
-# ---- the shared bed of the later tests ------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def bed():
     # three worker hosts: two train, the third is the standby a lost host's worker moves to
     b = testbed.Bed(testbed.BedConfig(workers=3))
-    b.up()
-    b.s3("head", "s3.create_bucket(Bucket='clef')")
+    b.stale, b.links_before = stale, links_before      # for the first and the last test
     try:
+        b.up()
+        b.s3("head", "s3.create_bucket(Bucket='clef')")
         yield b
     finally:
-        b.down()
+        b.down()                                        # idempotent: the last test did it
+
+
+def test_bed_comes_up_over_an_earlier_beds_leftovers(bed):
+    # up removed the leftovers before building: the stale process is dead, its namespace gone
+    bed.stale.wait(timeout=10)
+    assert not testbed.alive(bed.stale.pid)
+    assert testbed.PREFIX + "stale" not in testbed.bed_namespaces()
+    assert set(testbed.bed_namespaces()) == {testbed.BRIDGE_NS} | {h.ns for h in bed.hosts.values()}
+
+    # 4 Ray hosts, each known to the GCS by its own bed address
+    ips = sorted(n["ip"] for n in bed.nodes())
+    assert ips == sorted(bed.hosts[h].address for h in ("head", "w1", "w2", "w3"))
+    assert all(ip.startswith("198.18.") for ip in ips)
+
+    # S3 on its host, reached over the bridge from a worker host; Redis likewise
+    bed.exec("w1", ["python", "-c",
+                    "import boto3; s=boto3.client('s3'); s.create_bucket(Bucket='probe');"
+                    "s.put_object(Bucket='probe', Key='k', Body=b'w1')"])
+    got = bed.exec("w2", ["python", "-c",
+                          "import boto3; print(boto3.client('s3').get_object("
+                          "Bucket='probe', Key='k')['Body'].read().decode())"])
+    assert got.stdout.strip() == "w1"
+    host, port = bed.redis_address.split(":")
+    pong = bed.exec("w2", ["python", "-c",
+                           f"import redis; print(redis.Redis('{host}', {port}).ping())"])
+    assert pong.stdout.strip() == "True"
+    # servers are bound to their bed address, not to every interface
+    assert "127.0.0.1" not in bed.s3_endpoint
+
+    # private disks: a file in w1's /tmp is seen by no other host nor by the machine
+    bed.exec("w1", ["sh", "-c", "echo mine > /tmp/only-w1"])
+    assert bed.exec("w1", ["cat", "/tmp/only-w1"]).stdout.strip() == "mine"
+    assert bed.exec("w2", ["test", "-e", "/tmp/only-w1"], check=False).returncode == 1
+    assert not os.path.exists("/tmp/only-w1")
+    # private processes: a host sees its own processes only (Ray finds its node's raylet by
+    # listing processes)
+    raylets = bed.exec("w2", ["sh", "-c", "ps -eo comm | grep -c raylet"], check=False)
+    assert raylets.stdout.strip() == "1"
+    # the checkout is read-only on every host
+    assert bed.exec("w2", ["touch", str(testbed.ROOT / "x")], check=False).returncode != 0
 
 
 def _find(node, key):
@@ -192,6 +177,54 @@ def test_whole_pipeline_across_hosts_hands_over_only_through_s3_and_redis(bed):
     assert "ludb_rhythm" in page
     assert any(k.startswith("runs/pipeline/eval/results/") for k in report), report
     bed.wait_nodes(4)                       # every worker host back for the tests after this
+
+
+def _prometheus_query(bed, promql: str) -> list[dict]:
+    """An instant query to the Prometheus on the head host (it listens on the head's loopback)."""
+    from urllib.parse import urlencode
+    url = "http://127.0.0.1:9090/api/v1/query?" + urlencode({"query": promql})
+    out = bed.exec("head", ["python", "-c", "import json, urllib.request\n"
+                            f"r = json.load(urllib.request.urlopen({url!r}, timeout=10))\n"
+                            "print(json.dumps(r['data']['result']))"])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_prometheus_on_the_head_scrapes_training_workers_on_other_hosts(bed):
+    # jobs/monitor.py on the head: Prometheus scrapes the targets of Ray's service-discovery
+    # file, i.e. the metrics agent of every node, where the training workers' metrics (recorded
+    # through ray.util.metrics) are exported
+    prom = bed.spawn("head", "monitor", [
+        "python", "jobs/monitor.py", "--data-dir", "/tmp/monitor", "--port", "9090",
+        "--ray-discovery", "/tmp/ray/prom_metrics_service_discovery.json",
+        "--scrape-interval", "2s"])
+    try:
+        train = bed.submit(["python", "jobs/pretrain.py", "--scale", "small", "--method",
+                            "simclr", "--no-deepspeed", "--data", "s3://clef/datasets/ludb",
+                            "--storage", "s3://clef/runs", "--run-name", "scraped",
+                            "--workers", "2", "--placement", "STRICT_SPREAD",
+                            "--cpus-per-worker", "1", "--batch-per-worker", "4",
+                            "--steps", "12", "--checkpoint-every", "12",
+                            "--data.loader_workers", "1"], "pretrain-scraped")
+        assert train.returncode == 0, (train.stdout + train.stderr)[-4000:]
+        time.sleep(6)                                   # a scrape after the last step
+        series = _prometheus_query(bed, 'clef_train_samples_total{run="scraped"}')
+        assert prom.poll() is None, bed.log("head", "monitor")[-3000:]
+    finally:
+        # stop monitor.py (which stops its Prometheus) by its PID on the head host
+        for pid in testbed.namespace_pids(bed.hosts["head"].ns):
+            try:
+                if b"jobs/monitor.py" in open(f"/proc/{pid}/cmdline", "rb").read():
+                    os.kill(pid, signal.SIGTERM)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        prom.wait(timeout=60)
+    # one series per rank, each scraped from the metrics agent of the host its worker ran on
+    hosts = {s["metric"]["instance"].rsplit(":", 1)[0] for s in series}
+    ranks = {s["metric"]["rank"] for s in series}
+    assert ranks == {"0", "1"} and len(hosts) == 2 and hosts <= _worker_addresses(bed), series
+    # each rank trained 12 steps of 4 records (the agents export every few seconds, so the
+    # last scrape may be a step or two behind)
+    assert all(0 < float(s["value"][1]) <= 48 for s in series), series
 
 
 def _train_hosts(bed) -> list[str]:
@@ -329,3 +362,18 @@ def test_worker_host_lost_during_ingest_gives_a_byte_identical_dataset(bed):
             bed.start_ray_worker(victim)
             bed.wait_nodes(4)
     assert _dataset_fingerprint(bed, "datasets/ludb-loss") == clean
+
+
+def test_bed_teardown_leaves_nothing(bed):
+    inodes = bed.namespace_inodes()
+    pids = [p for ns in testbed.bed_namespaces() for p in testbed.namespace_pids(ns)]
+    assert len(pids) > 10          # keepers, raylets, GCS, moto, redis, Ray's agents...
+    # (PID, start time): other work on the machine may reuse a PID after teardown
+    seen = {p: testbed.started_at(p) for p in pids}
+    bed.down()
+    # nothing left: no namespace, no link in the machine's namespace, no process in any bed
+    # namespace, none of the processes seen while the bed was up
+    assert testbed.bed_namespaces() == []
+    assert _root_links() == bed.links_before
+    assert testbed.processes_in(inodes) == []
+    assert [p for p in pids if testbed.alive(p) and testbed.started_at(p) == seen[p]] == []
