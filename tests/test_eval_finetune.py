@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from clef_platform import cli
 from clef_platform.evaluate.finetune import FineTuneConfig
 from clef_platform.evaluate.passes import EvalConfig, config_hash
 from clef_platform.evaluate.tasks import load_tasks, with_lead
@@ -27,7 +28,7 @@ from tests.helpers import load_job
 def test_bad_options_are_one_line_errors_before_ray(flag, value, says, tmp_path, capsys):
     argv = ["--run", str(tmp_path / "run"), "--protocol", "fine-tune", "--workers", "2",
             flag, value]
-    assert load_job("evaluate").main(argv) == 2
+    assert cli.main("evaluate", load_job("evaluate").main, argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err, err
 

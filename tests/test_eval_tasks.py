@@ -123,4 +123,4 @@ def test_lead_option_moves_every_task_and_changes_its_key():
     r = subprocess.run([sys.executable, "jobs/evaluate.py", "--run", "unused", "--lead", "X2"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("error: --lead 'X2'")
+    assert r.stderr.strip().splitlines()[-1].startswith("evaluate: error: --lead 'X2'")
