@@ -2,6 +2,7 @@
 
     python jobs/pretrain.py --scale small --method clef --data out/ludb --features out/features \
         --storage out/runs --run-name ludb-small --workers 2 --steps 200
+    python jobs/pretrain.py ... --data out/ludb --data out/cinc --data-weights 3,1   # mixed
     ray job submit --working-dir . -- python jobs/pretrain.py --scale large --workers 8 \
         --gpus-per-worker 1 --data s3://bucket/mimic --features /mnt/features --storage s3://bucket/runs ...
 

@@ -129,3 +129,32 @@ def test_existing_run_needs_resume(tmp_path):
                                     "--storage", str(tmp_path / "runs"), "--run-name", "r"])
     with pytest.raises(FileExistsError, match="--resume"):
         run_pretraining(cfg)
+
+
+def test_several_datasets_with_weights_from_cli_and_yaml(tmp_path, capsys):
+    """One --data is weight 1 as before; repeated --data take --data-weights in order (or a YAML
+    list); a weight that is not finite and > 0, or a count that does not match, is one line
+    naming the option, before anything starts."""
+    one = PretrainConfig.from_args(BASE)
+    assert one.data.data == "d" and one.datasets == [("d", 1.0)]
+    two = PretrainConfig.from_args(["--data", "a", "--data", "s3://b/c", "--features", "f",
+                                    "--data-weights", "3,1"])
+    assert two.datasets == [("a", 3.0), ("s3://b/c", 1.0)]
+    assert PretrainConfig.from_dict(two.to_dict()).datasets == two.datasets   # to the workers
+    y = tmp_path / "mix.yaml"
+    y.write_text("data: {data: [a, b], weights: [2, 0.5], features: f}\n")
+    assert PretrainConfig.from_args(["--config", str(y)]).datasets == [("a", 2.0), ("b", 0.5)]
+    for bad, says in ((["3", "nan"], "'nan' is not a finite number > 0"),
+                      (["3", "0"], "'0' is not a finite number > 0"),
+                      (["3", "-1"], "'-1' is not a finite number > 0"),
+                      (["3", "inf"], "'inf' is not a finite number > 0"),
+                      (["3"], "gives 1 weight(s) for 2 --data dataset(s)")):
+        with pytest.raises(SystemExit):
+            PretrainConfig.from_args(["--data", "a", "--data", "b", "--features", "f",
+                                      "--data-weights", ",".join(bad)])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert says in err and "--data-weights" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        PretrainConfig.from_args(["--data", "a", "--data", "b", "--features", "f",
+                                  "--data.order", "global"])
+    assert "data.order 'global' reads one dataset" in capsys.readouterr().err

@@ -80,7 +80,12 @@ class DeepSpeedConfig:
 @dataclass
 class DataConfig:
     data: str = _f("", "ingested dataset URL (local folder, file:// or s3://) holding "
-                       "manifest.parquet and the WebDataset shards")
+                       "manifest.parquet and the WebDataset shards; repeat --data (YAML: a "
+                       "list) to mix several datasets, weighted by --data-weights", multi=True)
+    weights: str = _f("", "sampling weights of the --data datasets, in their order, "
+                          "comma-separated (e.g. 3,1; YAML: a list); each finite and > 0. "
+                          "Empty = 1 each. Every sample is drawn from dataset i with "
+                          "probability weight_i / sum(weights)", multi=True)
     split: str = _f("train", "manifest split to train on")
     features: str = _f("", "Feast feature repository folder for risk and missing fraction; "
                            "empty = no metadata (risk 0, all missing) - only sensible for simclr/byol/moco")
@@ -200,6 +205,14 @@ class PretrainConfig:
 
     # ---- derived -------------------------------------------------------------------------
     @property
+    def datasets(self) -> list[tuple[str, float]]:
+        """[(URL, sampling weight)] of the training data, in --data order (weights unchecked:
+        `validate` checks them)."""
+        urls = split_multi(self.data.data)
+        weights = [float(w) for w in split_multi(self.data.weights)] or [1.0] * len(urls)
+        return list(zip(urls, weights))
+
+    @property
     def global_batch(self) -> int:
         return self.batch_per_worker * self.cluster.workers
 
@@ -246,6 +259,7 @@ class PretrainConfig:
             errors.append("method clef needs --features (risk and missing fraction)")
         if not self.data.data:
             errors.append("--data (an ingested dataset URL) is required")
+        errors += _dataset_errors(self)
         if self.bf16 and not self.deepspeed.enabled and not self.use_gpu:
             errors.append("bf16 without DeepSpeed is only supported on GPU")
         if self.data.noise_dir:
@@ -379,6 +393,39 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # ---- helpers ------------------------------------------------------------------------------
 
+# Fields that hold a list (several --data, their weights) in one string, joined by MULTI_SEP, so
+# the config stays flat scalars (to_dict, the config digest and YAML round-trip unchanged for a
+# single dataset).
+MULTI_SEP = ","
+
+
+def split_multi(value: str) -> list[str]:
+    return [v.strip() for v in str(value).split(MULTI_SEP) if v.strip()]
+
+
+def _dataset_errors(cfg) -> list[str]:
+    """One-line problems with --data / --data-weights (checked before Ray starts)."""
+    import math
+
+    urls, raw = split_multi(cfg.data.data), split_multi(cfg.data.weights)
+    errors = []
+    if raw and len(raw) != len(urls):
+        errors.append(f"--data-weights gives {len(raw)} weight(s) for {len(urls)} --data "
+                      f"dataset(s); give one per dataset, in order")
+    for w in raw:
+        try:
+            ok = math.isfinite(float(w)) and float(w) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            errors.append(f"--data-weights: {w!r} is not a finite number > 0")
+    if len(set(urls)) != len(urls):
+        errors.append("--data names a dataset more than once (give it one weight instead)")
+    if len(urls) > 1 and cfg.data.order == "global":
+        errors.append("data.order 'global' reads one dataset; several --data need 'stream' or "
+                      "'epoch'")
+    return errors
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping; a missing or unreadable file or bad YAML is a UsageError naming it."""
     import yaml
@@ -439,6 +486,7 @@ def apply_overrides(obj, d: dict[str, Any], prefix: str = "") -> None:
     hints = _hints(type(obj))
     fields = {f.name: f for f in dataclasses.fields(obj)}
     names = set(fields)
+    multi = {n for n, f in fields.items() if f.metadata.get("multi")}
     for key, value in d.items():
         if "." in key:
             head, rest = key.split(".", 1)
@@ -452,6 +500,8 @@ def apply_overrides(obj, d: dict[str, Any], prefix: str = "") -> None:
             if not isinstance(value, dict):
                 raise ValueError(f"config key {prefix + key!r} must be a mapping")
             apply_overrides(current, value, prefix + key_n + ".")
+        elif key_n in multi and isinstance(value, (list, tuple)):   # YAML list / repeated option
+            setattr(obj, key_n, MULTI_SEP.join(str(v) for v in value))
         else:
             value = _coerce(hints[key_n], value, prefix + key_n)
             choices = fields[key_n].metadata.get("choices")
@@ -475,6 +525,7 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 # Short CLI spellings for the options the job is usually run with.
 _ALIASES = {
     "data.data": ["--data"],
+    "data.weights": ["--data-weights"],
     "data.features": ["--features"],
     "checkpoint.storage": ["--storage"],
     "checkpoint.run_name": ["--run-name"],
@@ -528,6 +579,9 @@ def parser() -> argparse.ArgumentParser:
             if tp is bool:
                 group.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction,
                                    help=help_)
+            elif f.metadata.get("multi"):   # repeatable; apply_overrides joins the list
+                group.add_argument(*names, dest=dest, action="append", help=help_,
+                                   metavar=tp.__name__.upper())
             else:
                 group.add_argument(*names, dest=dest, type=tp, help=help_,
                                    choices=f.metadata.get("choices"),

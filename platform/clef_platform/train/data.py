@@ -19,6 +19,16 @@
   allow; only when it would leave a rank with fewer than 2 records (BatchNorm cannot train on
   one) are those at most 2 x workers - 1 records left out of that epoch (`epoch_plan`). Costs
   world x reading, like "global".
+- Several datasets (`--data A --data B --data-weights 3,1`): every sample is drawn from
+  dataset i with probability w_i / sum(w) (a seeded choice per sample) over one record stream
+  per dataset. With `order="stream"` each dataset's stream is the loader's resampled shards
+  and the choice is seeded by (seed, start micro-batch, rank, DataLoader worker); with
+  `order="epoch"` an epoch is as many samples as the datasets' training records together,
+  the choice is seeded by (seed, epoch) (the same on every rank, which takes its slice) and
+  each dataset's stream is exact passes, each shuffled by (seed, epoch, pass), started afresh
+  every epoch: a dataset drawn more often than it has records is read again (a new
+  shuffle), one drawn less often is only partly seen that epoch. Each record carries the index
+  of its dataset ("dataset") and batches list them ("sources").
 - `order="global"`: every rank reads the same deterministic record sequence (exact pass over the
   sorted shards, no shuffle, cycling) and takes its slice of each global batch, so the global
   batch is identical for any number of workers. Costs world x reading; for checks, not speed.
@@ -26,7 +36,9 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -71,6 +83,18 @@ class RiskTable:
         return self.risk[idx], self.missing[idx]
 
     @classmethod
+    def concat(cls, tables: list["RiskTable"]) -> "RiskTable":
+        """One table over several datasets' records (keys are namespaced by corpus; a key in
+        two datasets is refused: a lookup could not say whose risk it is)."""
+        keys = [k for t in tables for k in t.keys]
+        if len(set(keys)) != len(keys):
+            dup = next(k for k, n in collections.Counter(keys).items() if n > 1)
+            raise ValueError(f"record key {dup!r} is in more than one --data dataset (the same "
+                             f"corpus ingested twice?); give each dataset once")
+        return cls(keys, np.concatenate([t.risk for t in tables]).astype(np.float32),
+                   np.concatenate([t.missing for t in tables]).astype(np.float32))
+
+    @classmethod
     def unknown(cls, keys: list[str]) -> "RiskTable":
         """No metadata: risk 0, all inputs missing (SimCLR/BYOL/MoCo ignore it)."""
         n = len(keys)
@@ -101,6 +125,12 @@ def fetch_risk_table(data_url: str, split: str, features: str, client=None) -> R
     log.info("risk table: %d records, risk mean %.4f, missing mean %.3f (one feature-store call)",
              len(table), float(np.nanmean(table.risk)), float(np.mean(table.missing)))
     return table
+
+
+def fetch_risk_tables(data_urls: list[str], split: str, features: str,
+                      client=None) -> RiskTable:
+    """The job's risk table over every dataset's training records (one call per dataset)."""
+    return RiskTable.concat([fetch_risk_table(u, split, features, client) for u in data_urls])
 
 
 def resolve_risk_table(ref) -> RiskTable:
@@ -142,6 +172,8 @@ def collate(records: list[dict], micro: int, *, seed: int, accum: int, steps_per
     lead_mask = torch.from_numpy(np.stack([np.asarray(r["lead_mask"], bool) for r in records]))
     risk, missing = risk_table.lookup(keys)
     out = {"keys": keys, "micro": micro, "epoch": epoch,
+           # index (in --data order) of the dataset each record was drawn from
+           "sources": [int(r.get("dataset", 0)) for r in records],
            "seeds": torch.tensor(seeds, dtype=torch.int64),
            "risk": torch.from_numpy(np.ascontiguousarray(risk)),
            "missing": torch.from_numpy(np.ascontiguousarray(missing))}
@@ -170,6 +202,16 @@ class _Batches(torch.utils.data.IterableDataset):
 
         c = self.cfg
         checks = dict(verify=c.data.verify, on_damage=c.data.on_damage)
+        datasets = c.datasets
+        if len(datasets) > 1:      # order "stream" (config refuses "global" with several)
+            streams = [iter(record_dataset(
+                LoaderConfig(url=url, split=c.data.split, mode="train",
+                             shuffle_buffer=c.data.shuffle_buffer, seed=c.seed,
+                             epoch=self.start_micro, rank=self.rank, world_size=self.world,
+                             **checks), on_skip=self._damaged.append)) for url, _ in datasets]
+            rng = np.random.default_rng([c.seed, self.start_micro, self.rank, wid, _MIX_TAG])
+            while True:
+                yield from mix(streams, [w for _, w in datasets], rng, 4096)
         if c.data.order == "global":
             # Every rank, one reader: the whole split in shard/key order, again and again.
             lc = LoaderConfig(url=c.data.data, split=c.data.split, mode="exact", shuffle_buffer=0,
@@ -232,12 +274,8 @@ class _Batches(torch.utils.data.IterableDataset):
         spe, keep_last = epoch_plan(self.n_records, gb, self.world)
         epoch = self.start_micro // spe
         while True:
-            lc = LoaderConfig(url=c.data.data, split=c.data.split, mode="exact",
-                              shuffle_buffer=c.data.shuffle_buffer, seed=c.seed, epoch=epoch,
-                              rank=0, world_size=1, verify=c.data.verify,
-                              on_damage=c.data.on_damage)
             g, buf = epoch * spe, []
-            for rec in record_dataset(lc, on_skip=self._damaged.append):
+            for rec in self._epoch_records(epoch):
                 buf.append(rec)
                 if len(buf) == gb:
                     if g >= self.start_micro:
@@ -248,6 +286,52 @@ class _Batches(torch.utils.data.IterableDataset):
                 lo, hi = rank_slice(len(buf), self.world, self.rank)
                 yield self._with_damage(collate(buf[lo:hi], g, **kw))
             epoch += 1
+
+
+    def _epoch_records(self, epoch: int) -> Iterator[dict]:
+        """The record sequence of one epoch, identical on every rank."""
+        from clef_platform.loader import LoaderConfig, record_dataset
+
+        c = self.cfg
+
+        def one_pass(url: str, pass_epoch: int):
+            lc = LoaderConfig(url=url, split=c.data.split, mode="exact",
+                              shuffle_buffer=c.data.shuffle_buffer, seed=c.seed,
+                              epoch=pass_epoch, rank=0, world_size=1, verify=c.data.verify,
+                              on_damage=c.data.on_damage)
+            return record_dataset(lc, on_skip=self._damaged.append)
+
+        datasets = c.datasets
+        if len(datasets) == 1:
+            yield from one_pass(datasets[0][0], epoch)
+            return
+
+        def passes(url: str):
+            # pass p of epoch e is shuffled by (seed, e * _PASSES + p): a fresh order per pass
+            for p in itertools.count():
+                yield from one_pass(url, epoch * _PASSES + p)
+
+        rng = np.random.default_rng([c.seed, epoch, _MIX_TAG])
+        yield from mix([passes(u) for u, _ in datasets], [w for _, w in datasets], rng,
+                       self.n_records)
+
+
+# Mixed datasets: a constant mixed into the choice's seed (so it never equals another seeded
+# stream of the same seed), and the loader epochs reserved per training epoch for the passes
+# a dataset drawn more often than it has records needs.
+_MIX_TAG = 0x6D6978
+_PASSES = 1 << 16
+
+
+def mix(streams: list[Iterator[dict]], weights: list[float], rng: np.random.Generator,
+        n: int) -> Iterator[dict]:
+    """`n` records, each from stream i with probability weights[i] / sum(weights) (a seeded
+    choice per sample), tagged with "dataset": i."""
+    p = np.asarray(weights, np.float64)
+    for i in rng.choice(len(streams), size=n, p=p / p.sum()):
+        rec = next(streams[i])
+        rec["dataset"] = int(i)
+        yield rec
 
 
 def epoch_plan(n_records: int, global_batch: int, world: int) -> tuple[int, bool]:
@@ -268,11 +352,13 @@ def rank_slice(n: int, world: int, rank: int) -> tuple[int, int]:
     return lo, lo + base + (1 if rank < extra else 0)
 
 
-def check_readers(cfg, n_shards: int) -> None:
+def check_readers(cfg, n_shards: int, url: str | None = None) -> None:
+    """Every dataset (`url`, default the only one) needs a shard per reader."""
     readers = cfg.cluster.workers * max(1, cfg.data.loader_workers)
     if n_shards < readers:
         raise NotEnoughShardsForReaders(
-            f"{n_shards} shard(s) in split {cfg.data.split!r} of {cfg.data.data} for {readers} "
+            f"{n_shards} shard(s) in split {cfg.data.split!r} of {url or cfg.data.data} for "
+            f"{readers} "
             f"readers ({cfg.cluster.workers} workers x {max(1, cfg.data.loader_workers)} "
             f"DataLoader workers): each reader needs its own shard. Use fewer workers or "
             f"--data.loader_workers, or re-ingest with a smaller --shard-bytes")

@@ -26,15 +26,20 @@ def dataset_url(url: str) -> str:
 
 
 def training_lineage(cfg) -> list[dict]:
-    """[TrainingData as a dict] of what `cfg` trains on: URL, split, dataset digest, records."""
+    """[TrainingData as a dict] of what `cfg` trains on, one per --data dataset in order: URL,
+    split, dataset digest, records, sampling weight (evaluation excludes every one's split)."""
     from dataclasses import asdict
 
     from clef_platform.layout.dataset import open_dataset
 
-    ds = open_dataset(cfg.data.data)
-    return [asdict(TrainingData(url=dataset_url(cfg.data.data), split=cfg.data.split,
-                                dataset_digest=ds.digest, records=int(ds.records(cfg.data.split)),
-                                weight=1.0))]
+    out = []
+    for url, weight in cfg.datasets:
+        ds = open_dataset(url)
+        out.append(asdict(TrainingData(url=dataset_url(url), split=cfg.data.split,
+                                       dataset_digest=ds.digest,
+                                       records=int(ds.records(cfg.data.split)),
+                                       weight=float(weight))))
+    return out
 
 
 def marker_fields(cfg, lineage: list[dict]) -> dict:

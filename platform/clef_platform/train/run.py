@@ -203,25 +203,34 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
             log.warning("--resume: %s has no checkpoint yet; starting from step 0", run_dir)
 
     # ---- data checks and the risk table (once per job) -------------------------------------
-    manifest = D.read_split_manifest(cfg.data.data, cfg.data.split)
-    D.check_readers(cfg, manifest["shard"].nunique())
-    longest = int(manifest["n_samples"].max())
+    # Several --data: each dataset is checked and read on its own; an epoch counts their
+    # training records together.
+    urls = [u for u, _ in cfg.datasets]
+    n_records, longest = 0, 0
+    for url in urls:
+        split_rows = D.read_split_manifest(url, cfg.data.split)
+        D.check_readers(cfg, split_rows["shard"].nunique(), url)
+        n_records += len(split_rows)
+        longest = max(longest, int(split_rows["n_samples"].max()))
     if cfg.data.view_length > longest:
         raise ValueError(f"data.view_length {cfg.data.view_length} is longer than every record "
-                         f"of split {cfg.data.split!r} of {cfg.data.data} (longest: {longest} "
+                         f"of split {cfg.data.split!r} of {', '.join(urls)} (longest: {longest} "
                          "samples)")
-    table = D.fetch_risk_table(cfg.data.data, cfg.data.split,
-                               cfg.data.features if cfg.method == "clef" or risk_client else "",
-                               client=risk_client)
+    table = D.fetch_risk_tables(urls, cfg.data.split,
+                                cfg.data.features if cfg.method == "clef" or risk_client else "",
+                                client=risk_client)
+    if len(urls) > 1:
+        log.info("mixing %d datasets: %s", len(urls), ", ".join(
+            f"{u} (weight {w:g})" for u, w in cfg.datasets))
     from clef_platform.train import recipes
 
     if cfg.data.order == "epoch":
-        spe, keep_last = D.epoch_plan(len(manifest), cfg.global_batch, cfg.cluster.workers)
+        spe, keep_last = D.epoch_plan(n_records, cfg.global_batch, cfg.cluster.workers)
         log.info("an epoch: %d records in %d steps of global batch %d (last partial batch %s)",
-                 len(manifest), spe, cfg.global_batch, "kept" if keep_last or
-                 len(manifest) % cfg.global_batch == 0 else "left out: < 2 records per worker")
+                 n_records, spe, cfg.global_batch, "kept" if keep_last or
+                 n_records % cfg.global_batch == 0 else "left out: < 2 records per worker")
     else:
-        spe = D.steps_per_epoch(len(manifest), cfg.global_batch * cfg.optim.grad_accum)
+        spe = D.steps_per_epoch(n_records, cfg.global_batch * cfg.optim.grad_accum)
     if cfg.epochs:
         cfg.steps = cfg.epochs * spe      # the loop counts steps; an epoch is `spe` of them
     log.info("%s", recipes.describe(cfg))
@@ -245,7 +254,7 @@ def run_pretraining(cfg: PretrainConfig, *, risk_client=None, trace_dir: str | N
             return TorchTrainer(
                 train_loop,
                 train_loop_config={"cfg": cfg.to_dict(), "risk_table": table_ref,
-                                   "steps_per_epoch": spe, "n_records": len(manifest),
+                                   "steps_per_epoch": spe, "n_records": n_records,
                                    "progress_board": board, "trace_dir": trace_dir,
                                    "trace_steps": trace_steps, "resume_from": resume_from,
                                    "lineage": lineage, **(loop_hooks or {})},
