@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alert when data-wait exceeds this share of step time (default 0.5)")
     p.add_argument("--quarantine-share", type=float, default=0.2,
                    help="alert when this share of an ingest's records is quarantined (0.2)")
-    p.add_argument("--alert-window", default="5m", help="rate window of the share alerts")
+    p.add_argument("--alert-window", default="5m", help="rate window of the data-wait share alert")
     p.add_argument("--ray-dashboard", default="http://127.0.0.1:8265",
                    help="the Ray dashboard URL to print")
     return p
