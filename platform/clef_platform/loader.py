@@ -231,6 +231,12 @@ def record_loader(cfg: LoaderConfig, *, num_workers: int = 2, batch_size: int | 
     if collate_fn is None:
         # batch_size=None: keep each record's numpy arrays (torch would convert them).
         collate_fn = collate_records if batch_size is not None else _identity
+    if num_workers:
+        # forkserver, not fork, as in training (train/data.py): a caller with Ray's or torch's
+        # threads running (a driver, a Ray worker, pytest after a Ray test) would fork their
+        # locks mid-use; seen as "SystemError: AST constructor recursion depth mismatch" in a
+        # forked worker's np.load
+        kwargs.setdefault("multiprocessing_context", "forkserver")
     return torch.utils.data.DataLoader(record_dataset(cfg), batch_size=batch_size,
                                        num_workers=num_workers, collate_fn=collate_fn, **kwargs)
 
