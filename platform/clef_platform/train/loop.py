@@ -11,8 +11,7 @@ Test hooks in the loop config (never set by the CLI): `trace_dir` / `trace_steps
 the loss, per rank and micro-step; events with PIDs and parameter digests), `nan_grad`
 ({"rank": r, "step": s}: rank r's gradients become NaN in step s, 0-based), `stall`
 ({"rank": r, "step": s, "seconds": x}: rank r sleeps x s inside step s, a stalled worker for
-the monitoring alerts' test), `nan_loss` ({"rank": r, "step": s}: rank r's loss becomes NaN in
-step s, so the loss gauge shows it before the run stops: the loss-not-finite alert's test).
+the monitoring alerts' test).
 """
 
 from __future__ import annotations
@@ -86,7 +85,7 @@ def train_loop(loop_config: dict) -> None:
     np.random.seed(cfg.seed + rank)
     accum = cfg.optim.grad_accum
     trace_dir, nan_grad = loop_config.get("trace_dir"), loop_config.get("nan_grad")
-    stall, nan_loss = loop_config.get("stall"), loop_config.get("nan_loss")
+    stall = loop_config.get("stall")
 
     # ---- model, engine (optimiser, schedule) -----------------------------------------------
     spe = loop_config.get("steps_per_epoch", 1)
@@ -140,8 +139,6 @@ def train_loop(loop_config: dict) -> None:
             v1, v2, risk, missing = data.inputs(batch, device)
             with engine.micro(last=micro == accum - 1):
                 loss = engine.forward(v1, v2, risk, missing)
-                if nan_loss and (nan_loss["rank"], nan_loss["step"]) == (rank, step):
-                    loss = loss * float("nan")
                 engine.backward(loss)
             loss_val = float(loss.detach())
             if trace_dir and step < loop_config.get("trace_steps", 0):
