@@ -114,7 +114,7 @@ def monitored_run(ludb_train_data, tmp_path_factory):
         assert result["error"] is None, result
 
         # LUDB with the signal files of some records lost: they are quarantined
-        # (missing_signal_file), for the quarantine panel and alert
+        # (missing_signal_file), for the quarantine panel
         source = root / "ludb-src"
         shutil.copytree(REPO / "data" / "ludb" / "data", source)
         for dat in sorted(source.glob("*.dat"))[:LOST_SIGNALS]:
@@ -209,11 +209,6 @@ def test_ingest_counts_reach_prometheus(monitored_run):
 def test_the_stall_alert_fired(monitored_run):
     names = {(a["labels"]["alertname"], a["labels"].get("run")) for a in monitored_run["firing"]}
     assert ("ClefTrainingStalled", RUN) in names, monitored_run["firing"][-3:]
-
-
-def test_the_quarantine_alert_fired(monitored_run):
-    names = {(a["labels"]["alertname"], a["labels"].get("corpus")) for a in monitored_run["firing"]}
-    assert ("ClefIngestQuarantineHigh", "ludb") in names, monitored_run["firing"][-3:]
 
 
 def test_no_label_is_a_patient_or_record_id(monitored_run):
