@@ -175,7 +175,13 @@ def _run(a, cfg) -> int:
                       "no_lineage": s.no_lineage, "missing_datasets":
                       s.missing_datasets, "report": s.report, "seconds": round(s.seconds, 1)},
                      indent=2))
-    return 1 if s.failed else 0
+    if s.failed:
+        # The summary above lists every failure; the one line names the first and the count.
+        checkpoint, task, error = s.failed[0]
+        more = f" (and {len(s.failed) - 1} more)" if len(s.failed) > 1 else ""
+        raise cli.Failure(f"{len(s.failed)} task(s) failed, retried on the next pass: "
+                          f"{task} of {checkpoint}: {error}{more}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -75,6 +75,15 @@ def _quiet_data() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    # Ray Data's logger has a console handler of its own (it does not propagate): give it the
+    # jobs' stderr format, masked and a traceback cut to one line. The whole traceback stays in
+    # Ray Data's ray-data.log in the session folder, as the job's own go to its log file.
+    from clef_platform.logs import FORMAT, MaskingFormatter
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setFormatter(MaskingFormatter(FORMAT, tracebacks=False,
+                                                  details="Ray Data's ray-data.log"))
 
 
 def _start_watchdog(temp_dir: str) -> subprocess.Popen:
