@@ -246,3 +246,69 @@ def test_damaged_shards_fail_at_once_without_restarts(ludb_train_data, tmp_path)
     # A ShardError, or torch's RuntimeError wrapping it when a DataLoader worker raised it.
     assert isinstance(res.fatal, (ShardError, RuntimeError)) and "ShardError" in (
         type(res.fatal).__name__ + str(res.fatal)) and "train-" in str(res.fatal)
+
+
+def _evaluate(run: Path, data_root: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return run_job("evaluate", ["--run", str(run), "--data-root", str(data_root), "--tasks",
+                                "ludb_sex", "--n-bootstrap", "10", "--no-random-baseline",
+                                "--actors", "1", "--allow-no-lineage", "--retries", "0"], cwd)
+
+
+def _failed_line(done: subprocess.CompletedProcess, job: str, kind: str = "failed") -> str:
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout, done.stderr
+    lines = done.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith(f"{job}: ")]
+    assert len(errors) == 1 and errors[0] == lines[-1], lines
+    assert errors[0].startswith(f"{job}: {kind}: "), errors[0]
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_damaged_stored_data_fails_an_evaluation_naming_it(ludb_train_data, tmp_path):
+    """jobs/evaluate.py over a copy of ingested LUDB (ODbL-By) and a committed export: a probe
+    shard with bytes overwritten, then (repaired, scored once) a stored result object cut in
+    half. Each exits 1 with one line naming the shard or the object, no traceback."""
+    from clef_platform.layout.dataset import open_dataset
+    from tests import damage
+    from tests.fixtures import write_export
+
+    data = tmp_path / "data"
+    shutil.copytree(ludb_train_data["data"], data / "ludb")
+    shard = open_dataset(str(data / "ludb")).split_shards("train")[0]
+    path = data / "ludb" / shard.key
+    good = path.read_bytes()
+    run = tmp_path / "runs" / "r"
+    write_export(str(run), 2, "small", seed=0)
+
+    damage.overwrite_signal(path)
+    line = _failed_line(_evaluate(run, data, tmp_path), "evaluate")
+    assert f"shard {shard.name}" in line and "ludb_sex" in line, line
+
+    path.write_bytes(good)
+    done = _evaluate(run, data, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stored, = (run / "eval" / "results").glob("*.json")
+    stored.write_bytes(stored.read_bytes()[: stored.stat().st_size // 2])
+    done = _evaluate(run, data, tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert stored.name in _failed_line(done, "evaluate")
+
+
+@pytest.mark.slow
+def test_corrupt_checkpoint_snapshot_is_named_not_ignored(ludb_train_data, tmp_path):
+    """A run whose Ray Train checkpoint snapshot is cut short: `--resume` stops with one line
+    naming the snapshot, where reading it as "no snapshot" would have turned the
+    registered-checkpoint filter off and trained on."""
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    snapshot = run / "checkpoint_manager_snapshot.json"
+    snapshot.write_text('{"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_2026')
+    done = run_job("pretrain", [
+        "--scale", "small", "--method", "simclr", "--data", ludb_train_data["data"],
+        "--storage", str(tmp_path / "runs"), "--run-name", "r", "--resume", "--workers", "1",
+        "--batch-per-worker", "4", "--cpus-per-worker", "0.5", "--steps", "2"], tmp_path)
+    # Exit 2, as for any checkpoint that cannot be used as it is: checked before training.
+    assert done.returncode == 2, done.stderr[-3000:]
+    line = _failed_line(done, "pretrain", kind="error")
+    assert str(snapshot) in line and "not a readable Ray Train checkpoint snapshot" in line
+    assert not list(run.glob("checkpoint_0*")), "it trained on"
