@@ -59,9 +59,8 @@ def rules(cfg: AlertConfig = AlertConfig()) -> list[dict]:
          "annotations": {"summary": "run {{ $labels.run }}: training waits for data "
                                     "{{ $value | humanizePercentage }} of step time"}},
         {"alert": "ClefLossNotFinite",
-         # NaN is the one value not equal to itself; +-Inf by its absolute value
-         "expr": f"{_m('clef_train_loss')} != {_m('clef_train_loss')} "
-                 f"or abs({_m('clef_train_loss')}) == +Inf",
+         # The flag gauge: Ray's pipeline drops a NaN or infinite clef_train_loss (catalog)
+         "expr": f"max by (run, rank) ({_m('clef_train_loss_nonfinite')}) > 0",
          "labels": {"severity": "critical"},
          "annotations": {"summary": "run {{ $labels.run }} rank {{ $labels.rank }}: loss is "
                                     "not finite"}},

@@ -54,6 +54,10 @@ CATALOG: tuple[MetricSpec, ...] = (
     _h("clef_train_step_seconds", "Wall time of an optimiser step", "run", "rank"),
     _h("clef_train_data_wait_seconds", "Time a step waited for its batches", "run", "rank"),
     _g("clef_train_loss", "Loss of the last step (global batch)", "run", "rank"),
+    # A flag, not the loss: Ray's metrics pipeline drops NaN and +-Inf gauge values (measured on
+    # Ray 2.60), so a non-finite loss would never reach Prometheus as clef_train_loss.
+    _g("clef_train_loss_nonfinite", "1 when this rank's loss was not finite in the last step, "
+       "else 0", "run", "rank"),
     _g("clef_train_learning_rate", "Learning rate of the last step", "run", "rank"),
     _g("clef_train_grad_norm", "Global gradient norm before clipping", "run", "rank"),
     _g("clef_train_model_flops_utilisation",

@@ -165,6 +165,10 @@ class MetricsConfig:
     peak_flops: float = _f(0.0, "measured peak training FLOP/s of one worker, the denominator of "
                                 "model FLOP utilisation (0 = MFU not reported)")
     log_every: int = _f(10, "rank 0 logs a progress line every N steps")
+    nonfinite_hold_s: float = _f(15.0, "seconds a worker keeps a non-finite loss on its metrics "
+                                       "before the run fails, so that Ray's metrics report and a "
+                                       "Prometheus scrape carry it to the loss-not-finite alert "
+                                       "(0 = fail at once)")
 
 
 @dataclass
@@ -307,6 +311,8 @@ class PretrainConfig:
             ("metrics.port", self.metrics.port, 0 <= self.metrics.port <= 65535,
              "a TCP port (0-65535)"),
             ("metrics.log_every", self.metrics.log_every, self.metrics.log_every >= 1, ">= 1"),
+            ("metrics.nonfinite_hold_s", self.metrics.nonfinite_hold_s,
+             self.metrics.nonfinite_hold_s >= 0, ">= 0"),
         ]
         errors = [f"{name} must be {what}, got {value!r}" for name, value, ok, what in checks
                   if not ok or (isinstance(value, float) and not math.isfinite(value))]

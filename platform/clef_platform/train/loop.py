@@ -9,7 +9,8 @@ The components (each a typed config + build function): `engine.py`, `checkpointe
 
 Test hooks in the loop config (never set by the CLI): `trace_dir` / `trace_steps` (what reached
 the loss, per rank and micro-step; events with PIDs and parameter digests), `nan_grad`
-({"rank": r, "step": s}: rank r's gradients become NaN in step s, 0-based), `stall`
+({"rank": r, "step": s}: rank r's gradients become NaN in step s, 0-based), `nan_loss` (the
+same, for the loss itself: the loss-not-finite alert's test), `stall`
 ({"rank": r, "step": s, "seconds": x}: rank r sleeps x s inside step s, a stalled worker for
 the monitoring alerts' test).
 """
@@ -85,7 +86,7 @@ def train_loop(loop_config: dict) -> None:
     np.random.seed(cfg.seed + rank)
     accum = cfg.optim.grad_accum
     trace_dir, nan_grad = loop_config.get("trace_dir"), loop_config.get("nan_grad")
-    stall = loop_config.get("stall")
+    stall, nan_loss = loop_config.get("stall"), loop_config.get("nan_loss")
 
     # ---- model, engine (optimiser, schedule) -----------------------------------------------
     spe = loop_config.get("steps_per_epoch", 1)
@@ -116,7 +117,8 @@ def train_loop(loop_config: dict) -> None:
                                                 run=cfg.checkpoint.run_name,
                                                 backend=cfg.metrics.backend,
                                                 flops_per_sample=flops,
-                                                peak_flops=cfg.metrics.peak_flops),
+                                                peak_flops=cfg.metrics.peak_flops,
+                                                nonfinite_hold_s=cfg.metrics.nonfinite_hold_s),
                               rank, world, loop_config.get("progress_board"))
     resumed_from = step             # in every report: where this worker group started
     if step:
@@ -139,6 +141,8 @@ def train_loop(loop_config: dict) -> None:
             v1, v2, risk, missing = data.inputs(batch, device)
             with engine.micro(last=micro == accum - 1):
                 loss = engine.forward(v1, v2, risk, missing)
+                if nan_loss == {"rank": rank, "step": step}:
+                    loss = loss * float("nan")
                 engine.backward(loss)
             loss_val = float(loss.detach())
             if trace_dir and step < loop_config.get("trace_steps", 0):
@@ -150,8 +154,11 @@ def train_loop(loop_config: dict) -> None:
         # Every rank learns whether any rank's loss or gradients are not finite, and all stop
         # here, before the optimiser has changed any parameter.
         if not _all_ranks_finite(losses_finite and engine.grads_finite()):
-            if not losses_finite:
-                sink.nonfinite(loss_sum / accum)   # the alert's input, before the run stops
+            # A non-finite loss on any rank is the loss-not-finite alert's input: the rank that
+            # saw it publishes it and every rank holds (one that failed at once would take the
+            # worker group, and the published value with it, down before a scrape).
+            if not _all_ranks_finite(losses_finite):
+                sink.nonfinite(step + 1, None if losses_finite else loss_sum / accum)
             if trace_dir:
                 with engine.full_params(model):
                     D.trace_event(trace_dir, rank, {"event": "nonfinite", "step": step,

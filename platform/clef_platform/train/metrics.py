@@ -75,6 +75,7 @@ class TrainMetrics:
         s.observe("clef_train_step_seconds", step_s, **lab)
         s.observe("clef_train_data_wait_seconds", wait_s, **lab)
         s.set("clef_train_loss", loss, **lab)
+        s.set("clef_train_loss_nonfinite", 0, **lab)
         s.set("clef_train_learning_rate", lr, **lab)
         if grad_norm is not None:
             s.set("clef_train_grad_norm", grad_norm, **lab)
@@ -88,7 +89,9 @@ class TrainMetrics:
                   kind="peak", **lab)
 
     def nonfinite(self, loss: float) -> None:
-        """The step's loss was not finite: publish it before the run stops (the alert's input)."""
+        """The step's loss was not finite: the alert's flag (and the loss, which only a
+        prometheus_client endpoint carries: Ray's pipeline drops non-finite values)."""
+        self.sink.set("clef_train_loss_nonfinite", 1, **self.labels)
         self.sink.set("clef_train_loss", loss, **self.labels)
 
     def checkpointed(self, step: int) -> None:
@@ -162,6 +165,7 @@ class MetricsSinkConfig:
     backend: str = "auto"         # monitoring.sink: auto = prometheus if port else ray; off
     flops_per_sample: float = 0.0  # training FLOP per record (clef_model.flops)
     peak_flops: float = 0.0       # measured peak FLOP/s of one worker (0 = no MFU)
+    nonfinite_hold_s: float = 15.0  # a non-finite loss stays published this long (the alert)
 
 
 class MetricsSink:
@@ -207,8 +211,18 @@ class MetricsSink:
                 "samples_per_s": (c.global_batch * c.grad_accum * self.steady_n / self.steady_s
                                   if self.steady_n else float("nan"))}
 
-    def nonfinite(self, loss: float) -> None:
-        self.gauges.nonfinite(loss)
+    def nonfinite(self, step: int, loss: float | None) -> None:
+        """Some rank's loss was not finite in `step`: publish this rank's (None: this rank's
+        was finite) and keep the worker alive `nonfinite_hold_s`. A run that failed at once
+        would take the value down with its workers before Ray's metrics report and the next
+        scrape, and the loss-not-finite alert would never see it."""
+        if loss is not None:
+            self.gauges.nonfinite(loss)
+        hold = self.cfg.nonfinite_hold_s if self.gauges.sink.backend != "off" else 0.0
+        if hold > 0:
+            log.warning("rank %d: a loss was not finite in step %d (this rank's: %s); kept on "
+                        "the metrics for %.0f s before the run fails", self.rank, step, loss, hold)
+            time.sleep(hold)
 
     def checkpointed(self, step: int) -> None:
         self.last_ckpt = step
