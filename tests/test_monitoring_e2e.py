@@ -211,6 +211,38 @@ def test_the_stall_alert_fired(monitored_run):
     assert ("ClefTrainingStalled", RUN) in names, monitored_run["firing"][-3:]
 
 
+def test_the_loss_alert_fires_on_a_nan_loss(monitored_run, ludb_train_data):
+    """A second, short run under the same Prometheus whose rank 1 gets a NaN loss in step 3 (the
+    loop's nan_loss hook): the run fails with the loop's FloatingPointError, and the alerts API
+    shows ClefLossNotFinite firing for that run and rank, from the value the workers held on
+    their metrics before failing (metrics.nonfinite_hold_s)."""
+    run, root = "mon-nan", monitored_run["root"]
+    args = ["--scale", "small", "--method", "clef", "--data", ludb_train_data["data"],
+            "--features", ludb_train_data["features"], "--storage", str(root / "runs"),
+            "--run-name", run, "--workers", "2", "--cpus-per-worker", "1",
+            "--data.loader_workers", "0", "--batch-per-worker", str(BATCH), "--steps", "6",
+            "--checkpoint-every", "6", "--address", "local", "--max-failures", "0",
+            "--metrics.nonfinite_hold_s", "8"]
+    watch = AlertWatch(monitored_run["url"])
+    watch.start()
+    try:
+        train = subprocess.run(
+            [sys.executable, "-c", TRAIN, json.dumps(args),
+             json.dumps({"nan_loss": {"rank": 1, "step": 2}})],
+            env=_env(monitored_run["ray_tmp"]), capture_output=True, text=True, timeout=600)
+    finally:
+        watch.stop.set()
+        watch.join()
+    (root / "train-nan.log").write_text(train.stdout + train.stderr)
+    lines = [ln for ln in train.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert train.returncode == 0 and lines, train.stdout[-3000:] + train.stderr[-5000:]
+    error = json.loads(lines[-1][len("RESULT "):])["error"]
+    assert error and "non-finite loss or gradients in step 3" in error, error
+    fired = {(a["labels"]["alertname"], a["labels"].get("run"), a["labels"].get("rank"))
+             for a in watch.firing}
+    assert ("ClefLossNotFinite", run, "1") in fired, sorted(fired)
+
+
 def test_no_label_is_a_patient_or_record_id(monitored_run):
     import pyarrow.parquet as pq
 

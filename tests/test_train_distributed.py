@@ -122,7 +122,7 @@ def test_two_workers_deepspeed_clef_small(ludb_train_data, tmp_path):
     sps = [v for s in scraper.samples for k, v in s.items()
            if k.startswith('clef_train_samples_total{rank="0",run="ds2"}')]
     loss_seen = [v for s in scraper.samples for k, v in s.items()
-                 if k.startswith("clef_train_loss")]
+                 if k.startswith("clef_train_loss{")]
     assert len(set(sps)) >= 2 and sps == sorted(sps) and max(sps) > 0, scraper.samples[-1:]
     assert len(set(loss_seen)) >= 2
     last = scraper.samples[-1]
