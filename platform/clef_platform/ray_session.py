@@ -153,7 +153,7 @@ def ray_session(cfg: RaySessionConfig | None = None) -> Iterator[RaySession]:
             _quiet_data()
             yield RaySession(started=True, address=ray.get_runtime_context().gcs_address,
                              temp_dir=temp_dir)
-            ray_local.linger()        # on success only: the last counts reach Prometheus
+            ray_local.linger(Path(temp_dir))   # on success only: the last counts reach Prometheus
         finally:
             ray.shutdown()
             # The watchdog ends by itself when this process exits (after stopping anything

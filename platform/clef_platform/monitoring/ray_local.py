@@ -21,7 +21,7 @@ from pathlib import Path
 ENV = "CLEF_MONITORING"
 PORT_ENV = "CLEF_RAY_METRICS_PORT"   # the metrics agent's export port (default: a free one)
 REPORT_INTERVAL_MS = 1000
-LINGER_ENV = "CLEF_MONITORING_LINGER"   # seconds a job's local Ray outlives its work (default 7)
+LINGER_ENV = "CLEF_MONITORING_LINGER"   # seconds a job's local Ray outlives its work (default 12)
 _started_with_agent = False             # this process started a local Ray with the agent
 
 
@@ -55,12 +55,13 @@ def local_ray_options() -> dict:
             "_system_config": {"metrics_report_interval_ms": REPORT_INTERVAL_MS}}
 
 
-def linger(wait_for_agent_s: float = 30.0) -> None:
-    """Before a job stops the local Ray it started with the agent: wait until this node's
-    metrics agent serves the platform's metrics (a short job can end before Ray's agent is up),
-    then CLEF_MONITORING_LINGER seconds (default 7: Ray rewrites its discovery file every 5 s,
-    monitor.py scrapes every 5 s), so Prometheus sees the final counts instead of losing them
-    with the Ray session."""
+def linger(temp_dir: Path, wait_s: float = 30.0) -> None:
+    """Before a job stops the local Ray it started with the agent (in `temp_dir`), keep it up
+    until a Prometheus could have scraped the final counts, instead of losing them with the
+    Ray session: wait until this node's metrics agent serves the platform's metrics (a short
+    job can end before Ray's agent is up) and Ray's discovery file lists the agent (Ray writes
+    it every 5 s), then CLEF_MONITORING_LINGER seconds (default 12: monitor.py re-reads the
+    discovery file every 5 s and scrapes every 5 s)."""
     if not _started_with_agent:
         return
     import time
@@ -68,24 +69,40 @@ def linger(wait_for_agent_s: float = 30.0) -> None:
 
     import ray
 
-    value = os.environ.get(LINGER_ENV, "7")
+    value = os.environ.get(LINGER_ENV, "12")
     try:
         seconds = float(value)
     except ValueError:
         raise ValueError(f"{LINGER_ENV}={value!r}: expected seconds") from None
     if ray.is_initialized():
         node = next(n for n in ray.nodes() if n["NodeID"] == ray.get_runtime_context().get_node_id())
-        url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
-        deadline = time.monotonic() + wait_for_agent_s
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if b"ray_clef_" in r.read():
-                        break
-            except OSError:
-                pass            # the agent is not up yet
+        target = f"{node['NodeManagerAddress']}:{node['MetricsExportPort']}"
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and not (_serves_platform_metrics(target)
+                                                   and _listed(temp_dir, target)):
             time.sleep(0.5)
     time.sleep(seconds)
+
+
+def _serves_platform_metrics(target: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{target}/metrics", timeout=2) as r:
+            return b"ray_clef_" in r.read()
+    except OSError:
+        return False            # the agent is not up yet
+
+
+def _listed(temp_dir: Path, target: str) -> bool:
+    """Whether the Ray in `temp_dir` lists `target` in its discovery file yet."""
+    import json
+
+    try:
+        groups = json.loads((temp_dir / discovery_file().name).read_text())
+    except (OSError, ValueError):
+        return False            # not written yet (or mid-replace on a copying filesystem)
+    return any(target in g.get("targets", []) for g in groups)
 
 
 def ray_temp_root() -> Path:
