@@ -21,7 +21,7 @@ from pathlib import Path
 ENV = "CLEF_MONITORING"
 PORT_ENV = "CLEF_RAY_METRICS_PORT"   # the metrics agent's export port (default: a free one)
 REPORT_INTERVAL_MS = 1000
-LINGER_ENV = "CLEF_MONITORING_LINGER"   # seconds a job's local Ray outlives its work (default 12)
+LINGER_ENV = "CLEF_MONITORING_LINGER"   # seconds a job's local Ray outlives its work (default 16)
 _started_with_agent = False             # this process started a local Ray with the agent
 
 
@@ -60,8 +60,10 @@ def linger(temp_dir: Path, wait_s: float = 30.0) -> None:
     until a Prometheus could have scraped the final counts, instead of losing them with the
     Ray session: wait until this node's metrics agent serves the platform's metrics (a short
     job can end before Ray's agent is up) and Ray's discovery file lists the agent (Ray writes
-    it every 5 s), then CLEF_MONITORING_LINGER seconds (default 12: monitor.py re-reads the
-    discovery file every 5 s and scrapes every 5 s)."""
+    it every 5 s), then CLEF_MONITORING_LINGER seconds: Prometheus re-reads the file every 5 s
+    (monitor.py's refresh), hands new targets to its scrapers every 5 s, and scrapes every
+    5 s (monitor.py's default), so 16 by default. A test scraping every second gets by with
+    12 (seen: a new target's first scrape 8 s after the file listed it)."""
     if not _started_with_agent:
         return
     import time
@@ -69,7 +71,7 @@ def linger(temp_dir: Path, wait_s: float = 30.0) -> None:
 
     import ray
 
-    value = os.environ.get(LINGER_ENV, "12")
+    value = os.environ.get(LINGER_ENV, "16")
     try:
         seconds = float(value)
     except ValueError:
