@@ -7,13 +7,13 @@ or, without --prometheus, from the trainer's own reports (the page says which).
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
+
+from clef_platform import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run URL <storage>/<run-name> (folder or s3://)")
     p.add_argument("--prometheus", default="", help="Prometheus URL (default: none)")
     p.add_argument("--start", type=float, default=0.0, help="Unix seconds (with --prometheus)")
@@ -23,19 +23,20 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.prometheus and not 0 < a.start < a.end:
-        print("report: --prometheus needs --start < --end (Unix seconds)", file=sys.stderr)
-        return 2
+        raise cli.UsageError("--prometheus needs --start < --end (Unix seconds)")
+    from clef_platform.layout.checkpoint import CheckpointError
     from clef_platform.monitoring.throughput import PageConfig, render_throughput_page
 
     try:
         url = render_throughput_page(PageConfig(a.run, a.prometheus, a.start, a.end, a.step,
                                                 a.rate_interval))
+    except CheckpointError as e:         # the run's stored record is damaged: the input
+        raise cli.UsageError(str(e)) from None
     except (FileNotFoundError, OSError, RuntimeError) as e:
-        print(f"report: {e}", file=sys.stderr)
-        return 1
+        raise cli.Failure(str(e)) from None
     print(url)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.main("report", main))

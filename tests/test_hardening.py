@@ -312,3 +312,8 @@ def test_corrupt_checkpoint_snapshot_is_named_not_ignored(ludb_train_data, tmp_p
     line = _failed_line(done, "pretrain", kind="error")
     assert str(snapshot) in line and "not a readable Ray Train checkpoint snapshot" in line
     assert not list(run.glob("checkpoint_0*")), "it trained on"
+    # the throughput page drawn from the same record names it too (one owner reads it)
+    page = run_job("report", ["--run", str(run)], tmp_path)
+    assert page.returncode == 2, page.stderr[-3000:]
+    line = _failed_line(page, "report", kind="error")
+    assert str(snapshot) in line and "not a readable Ray Train checkpoint snapshot" in line

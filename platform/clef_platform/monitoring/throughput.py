@@ -7,7 +7,6 @@ Stored by layout.throughput under `<run>/report/`.
 from __future__ import annotations
 
 import io
-import json
 import logging
 from dataclasses import dataclass
 
@@ -84,28 +83,11 @@ def from_prometheus(cfg: PageConfig) -> tuple[list[Figure], dict[str, str]]:
 
 def trainer_reports(run: str) -> list[dict]:
     """The loop's reports in Ray's checkpoint record of the run, by step."""
+    from clef_platform.layout.train_snapshot import SNAPSHOT_FILE, loop_reports, parse_snapshot
     from clef_platform.storage import open_store
 
-    snapshot = json.loads(open_store(run).get_bytes("checkpoint_manager_snapshot.json"))
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "step" in node and "loss" in node:
-                found.append(node)
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-        elif isinstance(node, str) and node.startswith(("{", "[")):
-            try:
-                walk(json.loads(node))
-            except ValueError:
-                pass          # a string that only looks like JSON
-
-    walk(snapshot)
-    return sorted({r["step"]: r for r in found}.values(), key=lambda r: r["step"])
+    raw = open_store(run).get_bytes(SNAPSHOT_FILE)
+    return loop_reports(parse_snapshot(raw, f"{run.rstrip('/')}/{SNAPSHOT_FILE}"))
 
 
 def from_reports(cfg: PageConfig) -> tuple[list[Figure], dict[str, str]]:

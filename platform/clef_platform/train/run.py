@@ -70,32 +70,6 @@ def find_checkpoints(cfg: PretrainConfig) -> list[tuple[int, str]]:
     return find_checkpoints_in(cfg.checkpoint.storage, cfg.checkpoint.run_name)
 
 
-SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"   # Ray Train's own record of its checkpoints
-
-
-def _read_snapshot(fs, path: str) -> dict | None:
-    """Ray's checkpoint snapshot of a run; None when the run has none.
-
-    A snapshot that exists but cannot be read is an error naming it: read as "no snapshot" it
-    would silently turn the registered-checkpoint filter off and let a half-written folder in.
-    """
-    from clef_platform.layout.checkpoint import CheckpointError
-
-    try:
-        with fs.open_input_stream(path) as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return None
-    try:
-        snap = json.loads(raw)
-        if not all(isinstance(r["checkpoint_dir_name"], str) for r in snap["checkpoint_results"]):
-            raise ValueError("a checkpoint_dir_name that is not a string")
-        return snap
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: not a readable Ray Train checkpoint snapshot "
-                              f"({type(e).__name__}: {e})") from None
-
-
 def find_checkpoints_in(storage: str, run_name: str) -> list[tuple[int, str]]:
     """[(step, path)] of the run's registered Ray checkpoints, oldest first.
 
@@ -107,12 +81,12 @@ def find_checkpoints_in(storage: str, run_name: str) -> list[tuple[int, str]]:
     import pyarrow.fs as pafs
 
     from clef_platform.layout.checkpoint import RUN_FILE
+    from clef_platform.layout.train_snapshot import SNAPSHOT_FILE, read_snapshot, registered_dirs
 
     fs, root = _fs_and_path(storage)
     run = posixpath.join(root, run_name)
-    snap = _read_snapshot(fs, posixpath.join(run, SNAPSHOT_FILE))
-    registered = None if snap is None else {
-        r["checkpoint_dir_name"] for r in snap["checkpoint_results"]}
+    snap = read_snapshot(fs, posixpath.join(run, SNAPSHOT_FILE))
+    registered = None if snap is None else registered_dirs(snap)
     try:
         infos = fs.get_file_info(pafs.FileSelector(run, allow_not_found=True))
     except FileNotFoundError:
@@ -137,9 +111,11 @@ def drop_missing_checkpoints(storage: str, run_name: str) -> list[str]:
     newest one left. Returns the dropped folder names."""
     import pyarrow.fs as pafs
 
+    from clef_platform.layout.train_snapshot import SNAPSHOT_FILE, read_snapshot
+
     fs, root = _fs_and_path(storage)
     path = posixpath.join(root, run_name, SNAPSHOT_FILE)
-    snap = _read_snapshot(fs, path)
+    snap = read_snapshot(fs, path)
     if snap is None:
         return []
     results, indices = snap["checkpoint_results"], snap.get("checkpoint_report_indices", [])
