@@ -90,6 +90,14 @@ MISTAKES = [
     ({"header_comments": "yes"}, "'header_comments': expected true or false"),
     ({"name": "Bad Name"}, "'name': expected lower-case"),
     ({"patient_id": {"column": "subject"}}, "'patient_id.column': a column needs a table"),
+    ({"windows": {"length_s": -10}}, "'windows.length_s': must be > 0, got -10"),
+    ({"windows": {"length_s": 10, "hop_s": 0}}, "'windows.hop_s': must be > 0, got 0"),
+    ({"windows": {"length_s": 10, "start_s": -1}}, "'windows.start_s': must be >= 0, got -1"),
+    ({"windows": {"length_s": 10, "remainder": "pad"}}, "'windows.remainder': expected one of"),
+    ({"windows": {"length_s": 10, "max_windows": 0}}, "'windows.max_windows': expected a whole"),
+    ({"windows": {"hop_s": 10}}, "'windows.length_s': missing"),
+    ({"windows": {"length_s": 10, "overlap": 2}}, "'windows.overlap': unknown field"),
+    ({"lead_aliases": {"MLII": "lead2"}}, "'lead_aliases.MLII': 'lead2' is not a standard lead"),
 ]
 
 
@@ -114,5 +122,5 @@ def test_the_ingest_job_refuses_a_bad_spec_in_one_line_before_ray(tmp_path):
         "(?P<record_id>...)"]
     assert not (tmp_path / "out").exists()
     # the project's own specs load cleanly
-    for name in ("ludb", "cinc2021"):
+    for name in ("ludb", "cinc2021", "mitdb"):
         assert load_spec(REPO / "corpora" / f"{name}.yaml").name == name

@@ -58,16 +58,19 @@ def _process(ref: RecordRef, cfg: CanonicalConfig) -> CanonicalRecord:
                                           or f"{ref.corpus}/{ref.record_id}: no source path"))
     check_age(ref.age, f"{ref.corpus}/{ref.record_id} metadata", vcfg)
     header = load_header(ref.source_path)
-    slots = _validate_header(header, vcfg)
-    digital = read_signals(header, ref.source_path)
+    slots = _validate_header(header, vcfg, ref.lead_aliases)
+    start, length = _window_span(ref, header)
+    digital = read_signals(header, ref.source_path, start, length)
     fs = float(header.fs)   # checked by _validate_header
     check_duration(digital.shape[0], fs, header.path, vcfg)
 
     record_flags: list[str] = []
     ref = _ecg_time_from_header(ref, header, record_flags)
     for ch in header.channels:
-        if lead_index(ch.name) is None:
+        if _lead_of(ch.name, ref.lead_aliases) is None:
             record_flags.append(f"non_standard_lead:{ch.name}")
+        elif ch.name.strip() in ref.lead_aliases:
+            record_flags.append(f"lead_alias:{ch.name.strip()}->{ref.lead_aliases[ch.name.strip()]}")
     if any(header.channels[c].samps_per_frame > 1 for c in slots.values()):
         # wfdb averages oversampled channels to the frame rate; say so rather than hide it
         record_flags.append("multi_frequency_averaged_to_frame_rate")
@@ -87,7 +90,25 @@ def _process(ref: RecordRef, cfg: CanonicalConfig) -> CanonicalRecord:
                            fs_original=fs, quality_flags=flags)
 
 
-def _validate_header(header: HeaderInfo, vcfg: ValidationConfig) -> dict[int, int]:
+def _lead_of(name: str, aliases: dict[str, str]) -> int | None:
+    """The canonical lead index of a source channel, through the corpus's aliases."""
+    return lead_index(aliases.get(name.strip(), name))
+
+
+def _window_span(ref: RecordRef, header: HeaderInfo) -> tuple[int, int | None]:
+    """(first sample, samples) to read: the ref's window, or the whole record."""
+    w = ref.window
+    if not w:
+        return 0, None
+    start, length = int(w["start"]), int(w["length"])
+    if header.sig_len is not None and start + length > header.sig_len:
+        raise Reject("too_short", f"{header.path}: {header.sig_len} samples, window "
+                                  f"{w['index']} needs samples {start}..{start + length}")
+    return start, length
+
+
+def _validate_header(header: HeaderInfo, vcfg: ValidationConfig,
+                     aliases: dict[str, str]) -> dict[int, int]:
     """Record-level header checks; returns canonical lead index -> channel index."""
     if header.n_sig == 0:
         raise Reject("absurd_header_value", f"{header.path}: the record has no channels")
@@ -95,7 +116,7 @@ def _validate_header(header: HeaderInfo, vcfg: ValidationConfig) -> dict[int, in
     seen: dict[str, int] = {}
     slots: dict[int, int] = {}
     for c, ch in enumerate(header.channels):
-        idx = lead_index(ch.name)
+        idx = _lead_of(ch.name, aliases)
         key = LEADS[idx].upper() if idx is not None else ch.name.strip().upper()
         if key in seen:
             raise Reject("duplicate_lead_names",

@@ -268,16 +268,19 @@ def load_header(source_path: str) -> HeaderInfo:
     return parse_header(text, str(hea))
 
 
-def read_signals(header: HeaderInfo, source_path: str) -> np.ndarray:
-    """Digital samples int64 [T, n_sig] after the signal files passed their checks."""
+def read_signals(header: HeaderInfo, source_path: str, start: int = 0,
+                 length: int | None = None) -> np.ndarray:
+    """Digital samples int64 [T, n_sig] after the signal files passed their checks: the whole
+    record, or `length` samples from `start` (a window: only those samples are read)."""
     check_signal_files(header, Path(header.path).parent)
-    fast = _read_plain_16bit(header)
+    fast = _read_plain_16bit(header, start, length)
     if fast is not None:
         return fast
     import wfdb   # imported here: listing and the driver never need it
 
+    window = {} if length is None else {"sampfrom": start, "sampto": start + length}
     try:
-        rec = wfdb.rdrecord(source_path, physical=False, return_res=64)
+        rec = wfdb.rdrecord(source_path, physical=False, return_res=64, **window)
     except Exception as exc:   # wfdb raises many types for bad files; all mean "can't decode"
         raise Reject("unreadable_signal", f"{source_path}: wfdb could not read the signal: "
                                           f"{type(exc).__name__}: {exc}") from None
@@ -285,13 +288,15 @@ def read_signals(header: HeaderInfo, source_path: str) -> np.ndarray:
     if digital is None or digital.ndim != 2 or digital.shape[1] != header.n_sig:
         raise Reject("unreadable_signal", f"{source_path}: wfdb returned no {header.n_sig}-channel "
                                           "signal")
-    if header.sig_len is not None and digital.shape[0] != header.sig_len:
+    expected = header.sig_len if length is None else length
+    if expected is not None and digital.shape[0] != expected:
         raise Reject("header_length_mismatch", f"{source_path}: {digital.shape[0]} samples read, "
-                                               f"{header.path} declares {header.sig_len}")
+                                               f"{header.path} declares {expected}")
     return np.asarray(digital, dtype=np.int64)
 
 
-def _read_plain_16bit(header: HeaderInfo) -> np.ndarray | None:
+def _read_plain_16bit(header: HeaderInfo, start: int = 0,
+                      length: int | None = None) -> np.ndarray | None:
     """The common case (LUDB, MIMIC-IV-ECG, CinC .mat, PTB-XL: one file, format 16, one sample
     per frame, no skew) read straight with numpy: the same values wfdb gives, without its
     per-record header re-parse, which costs more than the samples. None: use wfdb."""
@@ -301,12 +306,14 @@ def _read_plain_16bit(header: HeaderInfo) -> np.ndarray | None:
             or len({c.byte_offset for c in chans}) != 1):
         return None
     path = Path(header.path).parent / chans[0].file_name
-    count = header.sig_len * header.n_sig
-    x = np.fromfile(path, dtype="<i2", count=count, offset=chans[0].byte_offset)
+    n = header.sig_len - start if length is None else length
+    count = n * header.n_sig
+    x = np.fromfile(path, dtype="<i2", count=count,
+                    offset=chans[0].byte_offset + 2 * start * header.n_sig)
     if x.size != count:
         raise Reject("header_length_mismatch", f"{path}: {x.size // header.n_sig} samples per "
                                                f"channel, {header.path} declares {header.sig_len}")
-    return x.reshape(header.sig_len, header.n_sig).astype(np.int64)
+    return x.reshape(n, header.n_sig).astype(np.int64)
 
 
 def read_record(source_path: str) -> RawRecord:

@@ -22,6 +22,10 @@ class RecordRef:
     sex: str | None = None      # "M", "F" or None
     native_ids: dict[str, str] = field(default_factory=dict)   # e.g. subject_id, study_id
     labels: dict[str, object] = field(default_factory=dict)    # diagnoses, scp_codes, ...
+    # source channel name -> standard lead name (a corpus spec's lead_aliases, e.g. MLII -> II)
+    lead_aliases: dict[str, str] = field(default_factory=dict)
+    # a window of a longer record (ingest.windows.Window as a dict), None for a whole record
+    window: dict[str, object] | None = None
 
 
 @dataclass

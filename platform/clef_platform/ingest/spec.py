@@ -12,6 +12,8 @@
       key: {column: record, from: record_id}
       columns: {age: age, sex: sex, ecg_time: date}
       sex_values: {"0": M, "1": F}
+    lead_aliases: {MLII: II}          # optional: source channel name -> standard lead
+    windows: {length_s: 10}           # optional: long records cut into windows (ingest.windows)
 
 `load_spec(path)` reads and checks a spec completely before any record is read: an unknown
 field, an unknown format, a regex without its named group or a table column that the table
@@ -35,6 +37,7 @@ import yaml
 from clef_platform.ingest.adapters._common import (header_meta, iso_time, parse_age, parse_sex,
                                                    read_header_head, safe_id)
 from clef_platform.ingest.record import RecordRef
+from clef_platform.ingest.windows import WindowPolicy, parse_policy, window_refs
 
 log = logging.getLogger(__name__)
 CORPORA_DIR = Path(__file__).resolve().parents[3] / "corpora"
@@ -81,10 +84,12 @@ class CorpusSpec:
     header_comments: bool = True
     table: TableSpec | None = None
     source_file: str = ""
+    lead_aliases: dict[str, str] = field(default_factory=dict)
+    windows: WindowPolicy | None = None
 
 
 _TOP = {"name", "format", "records", "record_id", "patient_id", "header_comments", "table",
-        "description"}
+        "description", "lead_aliases", "windows"}
 _TABLE = {"path", "key", "columns", "sex_values", "label_columns"}
 _TABLE_COLUMNS = {"age", "sex", "ecg_time"}
 
@@ -145,6 +150,23 @@ def _table(where: str, raw) -> TableSpec:
                      tuple(labels))
 
 
+def _lead_aliases(where: str, raw) -> dict[str, str]:
+    """Source channel name -> standard lead name (as clef_model.leads names it)."""
+    from clef_model.leads import LEADS, lead_index
+
+    if not isinstance(raw, dict):
+        raise _fail(where, "lead_aliases", "expected a mapping of channel names to lead names")
+    out = {}
+    for name, lead in raw.items():
+        if not isinstance(name, str) or not name.strip():
+            raise _fail(where, "lead_aliases", f"channel name {name!r} is not a non-empty string")
+        if not isinstance(lead, str) or lead_index(lead) is None:
+            raise _fail(where, f"lead_aliases.{name}", f"{lead!r} is not a standard lead "
+                                                      f"({', '.join(LEADS)})")
+        out[name.strip()] = LEADS[lead_index(lead)]
+    return out
+
+
 def check_table(spec: CorpusSpec, source: Path) -> None:
     """The metadata table exists under `source` and has every column the spec names."""
     table, where = spec.table, spec.source_file
@@ -196,7 +218,11 @@ def parse_spec(raw, where: str, source: Path | None = None) -> CorpusSpec:
     table = _table(where, raw["table"]) if raw.get("table") is not None else None
     if patient_id.kind == "column" and table is None:
         raise _fail(where, "patient_id.column", "a column needs a table")
-    spec = CorpusSpec(name, raw["format"], records, record_id, patient_id, comments, table, where)
+    aliases = _lead_aliases(where, raw["lead_aliases"]) if raw.get("lead_aliases") else {}
+    windows = parse_policy(raw["windows"], lambda f, r: _fail(where, f, r)) \
+        if raw.get("windows") is not None else None
+    spec = CorpusSpec(name, raw["format"], records, record_id, patient_id, comments, table, where,
+                      aliases, windows)
     if source is not None:
         check_table(spec, source)
     return spec
@@ -236,8 +262,12 @@ class SpecAdapter:
                 continue
             stem = path.name[: -len(suffix)]
             rel = path.relative_to(source).with_name(stem).as_posix()
-            yield self._ref(path.with_name(stem), stem, rel, rows)
+            ref = self._ref(path.with_name(stem), stem, rel, rows)
             n += 1
+            if spec.windows is None or not ref.source_path:
+                yield ref
+            else:
+                yield from window_refs(ref, spec.windows)
         log.info("spec %s: %d records under %s", spec.name, n, source)
 
     def _table_rows(self, source: Path) -> dict[str, dict[str, str]]:
@@ -281,7 +311,8 @@ class SpecAdapter:
         return RecordRef(corpus=spec.name, record_id=record_id,
                          patient_id=f"{spec.name}/{patient}",
                          source_path="" if "listing_error" in labels else str(base),
-                         ecg_time=ecg_time, age=age, sex=sex, native_ids=native, labels=labels)
+                         ecg_time=ecg_time, age=age, sex=sex, native_ids=native, labels=labels,
+                         lead_aliases=dict(spec.lead_aliases))
 
     def _id(self, rule: IdRule, stem: str, rel: str, row, labels: dict,
             record_id: str = "") -> str:

@@ -1,4 +1,4 @@
-"""The dataset layout (schema version 2): what an ingest writes and every reader reads.
+"""The dataset layout (schema version 3): what an ingest writes and every reader reads.
 
 At a dataset root (a folder or an S3 prefix):
 
@@ -42,7 +42,7 @@ from clef_platform.storage import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3   # 3: the window columns
 MANIFEST_KEY = "manifest.parquet"
 QUARANTINE_KEY = "quarantine.parquet"
 SHARD_INDEX_KEY = "shards.parquet"
@@ -71,6 +71,11 @@ MANIFEST_SCHEMA = pa.schema([
     ("quality_flags", pa.string()),   # JSON: {lead: [problem, ...]}
     ("native_ids", pa.string()),      # JSON: corpus-native ids (subject_id, study_id, ...)
     ("labels", pa.string()),          # JSON: diagnoses, scp_codes, ...
+    # A window of a longer record (ingest.windows); null for a whole record
+    ("parent_record_id", pa.string()),
+    ("window_index", pa.int64()),
+    ("window_start_s", pa.float64()),  # offset in the parent record
+    ("parent_sha256", pa.string()),   # of the parent's signal files, as stored
 ])
 
 QUARANTINE_SCHEMA = pa.schema([
@@ -122,6 +127,7 @@ class ShardInfo:
 
 
 def manifest_row(meta: dict[str, Any], shard: str) -> dict[str, Any]:
+    window = meta.get("window") or {}
     return {
         "key": meta["key"], "corpus": meta["corpus"], "record_id": meta["record_id"],
         "patient_id": meta["patient_id"], "ecg_time": meta["ecg_time"], "age": meta["age"],
@@ -130,6 +136,8 @@ def manifest_row(meta: dict[str, Any], shard: str) -> dict[str, Any]:
         "lead_mask": meta["lead_mask"], "n_leads_usable": int(sum(meta["lead_mask"])),
         "quality_flags": dumps_json(meta["quality_flags"]),
         "native_ids": dumps_json(meta["native_ids"]), "labels": dumps_json(meta["labels"]),
+        "parent_record_id": window.get("parent_record_id"), "window_index": window.get("index"),
+        "window_start_s": window.get("start_s"), "parent_sha256": window.get("parent_sha256"),
     }
 
 

@@ -4,7 +4,8 @@ and the one reader of them, which verifies what it reads.
 A stored record is one WebDataset sample of two members (no pickle anywhere):
 
 - `<key>.meta.json`: ids, time, age, sex, labels, split, per-lead gain and baseline, lead mask,
-  quality flags, original sampling rate, sha256 of the canonical signal (JSON, sorted keys)
+  quality flags, original sampling rate, sha256 of the canonical signal, and for a window of a
+  longer record its parent's id, its index, offset and the parent's digest (JSON, sorted keys)
 - `<key>.signal.npy`: the canonical digital signal, int16 [12, T] little-endian (`np.save`);
   millivolts = (digital - baseline) / gain, exactly as `CanonicalRecord.millivolts()`.
 
@@ -136,6 +137,13 @@ def encode_record(rec: CanonicalRecord, split: str) -> EncodedSample:
         "quality_flags": {k: list(v) for k, v in sorted(rec.quality_flags.items())},
         "sha256": signal_sha256(digital),
     }
+    if ref.window:
+        # a window of a longer record: its parent and where in it (ingest.windows); whole
+        # records carry no such key, so their samples are what they were before windows
+        w = ref.window
+        meta["window"] = {"parent_record_id": w["parent_record_id"], "index": int(w["index"]),
+                          "start_s": float(w["start"]) / float(w["fs"]),
+                          "parent_sha256": w["parent_sha256"]}
     buf = io.BytesIO()
     np.save(buf, digital, allow_pickle=False)
     meta_bytes = dumps_json(meta).encode("ascii")
