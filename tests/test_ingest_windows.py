@@ -15,7 +15,8 @@ import wfdb
 
 from clef_model.leads import lead_index
 from clef_platform.ingest.pipeline import IngestConfig, run_ingest
-from clef_platform.ingest.spec import SpecAdapter, load_spec
+from clef_platform.ingest.spec import SpecAdapter, load_spec, parse_spec
+from clef_platform.ingest.splits import SplitRatios
 from clef_platform.ingest.windows import WindowPolicy, plan
 from clef_platform.layout.dataset import MANIFEST_KEY
 from clef_platform.loader import LoaderConfig, record_dataset
@@ -38,7 +39,9 @@ def test_window_plans():
 @pytest.fixture(scope="module")
 def mitdb_ds(ray_local, tmp_path_factory):
     dest = tmp_path_factory.mktemp("mitdb") / "ds"
+    # every window in the train split: one patient, and the leakage test pretrains on them
     summary = run_ingest(IngestConfig("mitdb", MITDB, str(dest), shard_bytes=1_000_000,
+                                      split_ratios=SplitRatios((("train", 1.0),)),
                                       workers=2, cpus_per_worker=0.5))
     return dest, summary
 
@@ -53,7 +56,7 @@ def test_mitdb_100_is_stored_as_10_s_windows_of_one_parent(mitdb_ds):
     assert set(m["parent_record_id"]) == {"100"} and set(m["patient_id"]) == {"mitdb/100"}
     assert m["split"].nunique() == 1                     # patient-level: one patient, one split
     parent = hashlib.sha256((MITDB / "100.dat").read_bytes()).hexdigest()
-    assert set(m["parent_sha256"]) == {parent}
+    assert set(m["source_sha256"]) == {parent}
     assert (m["n_samples"] == 5000).all() and (m["fs_original"] == 360.0).all()
     usable = [i in (lead_index("II"), lead_index("V5")) for i in range(12)]
     assert all(list(mask) == usable for mask in m["lead_mask"])
@@ -88,7 +91,8 @@ MEASURE = """
 import json, resource, sys
 from pathlib import Path
 from clef_platform.ingest.pipeline import ref_to_json, write_shard
-from clef_platform.ingest.spec import SpecAdapter, load_spec
+from clef_platform.ingest.spec import SpecAdapter, load_spec, parse_spec
+from clef_platform.ingest.splits import SplitRatios
 
 adapter = SpecAdapter(load_spec(sys.argv[1]))
 short = list(adapter.list_records(Path(sys.argv[2])))
@@ -132,7 +136,6 @@ def test_a_record_too_short_for_one_window_is_quarantined(tmp_path):
     naming the window, not dropped from the counts."""
     from clef_platform.ingest.canonical import process_record
     from clef_platform.ingest.record import Quarantined
-    from clef_platform.ingest.spec import parse_spec
 
     rec = wfdb.rdrecord(str(MITDB / "100"), physical=False, sampto=15 * 360)
     wfdb.wrsamp("short", fs=360, units=rec.units, sig_name=rec.sig_name, d_signal=rec.d_signal,
@@ -155,3 +158,40 @@ def test_the_project_spec_plans_windows_from_the_header_alone():
     assert {r.window["parent_sha256"] for r in refs} == {
         hashlib.sha256((MITDB / "100.dat").read_bytes()).hexdigest()}
     assert Path(refs[0].source_path).name == "100"
+
+
+@pytest.mark.slow
+def test_pretraining_on_the_windows_excludes_the_whole_record(mitdb_ds, ludb_train_data,
+                                                              tmp_path):
+    """A short pretraining on the windows of record 100; a dataset holding record 100 whole
+    (the same files, ingested by a spec without windows) has it excluded for leakage through
+    the export's lineage, by the source files' digest; LUDB loses nothing."""
+    from clef_platform.evaluate.embed import excluded_keys
+    from clef_platform.evaluate.leakage import run_exclusion
+    from clef_platform.layout.dataset import open_dataset
+    from clef_platform.layout.export import list_exports, read_marker, run_url
+    from clef_platform.train.config import PretrainConfig
+    from clef_platform.train.run import run_pretraining
+
+    windows, _ = mitdb_ds
+    cfg = PretrainConfig.from_args([
+        "--scale", "small", "--method", "simclr", "--data", str(windows), "--storage",
+        str(tmp_path / "runs"), "--run-name", "holter", "--workers", "1", "--cpus-per-worker",
+        "1", "--batch-per-worker", "8", "--data.loader_workers", "0", "--steps", "2",
+        "--checkpoint-every", "2"])
+    res = run_pretraining(cfg)
+    assert res.error is None, res.error
+    url = list_exports(run_url(str(tmp_path / "runs"), "holter"))[2]
+    exclusion = run_exclusion({url: read_marker(url)}).exclusion
+
+    spec = parse_spec({"name": "mitdb-whole", "format": "wfdb", "records": "*.hea",
+                       "header_comments": False, "lead_aliases": {"MLII": "II"}}, "whole.yaml")
+    whole = tmp_path / "whole"
+    run_ingest(IngestConfig("mitdb-whole", MITDB, str(whole), shard_bytes=1_000_000),
+               list_refs=lambda corpus, source: SpecAdapter(spec).list_records(Path(source)))
+    ds = open_dataset(str(whole))
+    row = ds.frame().iloc[0]
+    assert len(ds.frame()) == 1 and row["n_samples"] == round(650000 * 500 / 360)
+    assert row["sha256"] not in exclusion.hashes          # not the same stored signal...
+    assert excluded_keys(ds, exclusion.hashes) == {row["key"]}   # ...but the same recording
+    assert excluded_keys(open_dataset(ludb_train_data["data"]), exclusion.hashes) == set()

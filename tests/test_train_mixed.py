@@ -108,4 +108,5 @@ def test_mixed_datasets_draw_in_proportion_and_export_names_both(ludb_train_data
     # evaluation's leakage exclusion reads the marker: both datasets' training records
     excl = run_exclusion({url: marker})
     assert not excl.refused
-    assert excl.exclusion.hashes == frozenset(str(h) for f in frames for h in f["sha256"])
+    assert excl.exclusion.hashes == frozenset(
+        str(h) for f in frames for col in ("sha256", "source_sha256") for h in f[col])

@@ -95,7 +95,7 @@ class Embeddings:
 
 
 def _shard_views(row: dict[str, Any], store_url: str, lead_index: int, window: int,
-                 exclude_hashes: frozenset[str], verify_records: bool) -> list[dict[str, Any]]:
+                 exclude_keys: frozenset[str], verify_records: bool) -> list[dict[str, Any]]:
     """flat_map: a shard (its index row) -> one row per kept record (ids, labels JSON, the
     cropped window). No torch here: Ray Data cancels the other read tasks when one fails (a
     damaged shard), and a cancellation inside `import torch` leaves that worker unable to import
@@ -107,7 +107,7 @@ def _shard_views(row: dict[str, Any], store_url: str, lead_index: int, window: i
     try:
         for rec in read_shard(open_store(store_url), info, verify_shard=True,
                               verify_records=verify_records):
-            if rec["meta"].get("sha256") in exclude_hashes:
+            if rec["key"] in exclude_keys:
                 continue
             out.append({"key": rec["key"], "meta_json": meta_json(rec),
                         "lead_present": bool(rec["lead_mask"][lead_index]),
@@ -156,11 +156,19 @@ def dataset_error(e: BaseException) -> DatasetError | None:
     return None
 
 
-def excluded_count(dataset: Dataset, exclude_hashes: frozenset[str]) -> int:
-    """Records of `dataset` whose signal SHA-256 is in the exclusion set."""
+def excluded_keys(dataset: Dataset, exclude_hashes: frozenset[str]) -> frozenset[str]:
+    """Keys of the records of `dataset` the run trained on: their canonical-signal SHA-256 is
+    in the exclusion set, or their source files' (so a whole record is excluded when the run
+    trained on its windows, and its windows when it trained on the whole record)."""
     if not exclude_hashes:
-        return 0
-    return int(dataset.frame()["sha256"].isin(exclude_hashes).sum())
+        return frozenset()
+    df = dataset.frame()
+    hit = df["sha256"].isin(exclude_hashes) | df["source_sha256"].isin(exclude_hashes)
+    return frozenset(df.loc[hit, "key"])
+
+
+def excluded_count(dataset: Dataset, exclude_hashes: frozenset[str]) -> int:
+    return len(excluded_keys(dataset, exclude_hashes))
 
 
 @dataclass
@@ -188,7 +196,8 @@ def _shards(dataset: Dataset, lead_index: int, window: int, exclude_hashes: froz
     ds = ray.data.from_items(shards, override_num_blocks=len(shards))
     ds = ds.flat_map(_shard_views, fn_kwargs=dict(
         store_url=dataset.store.url, lead_index=lead_index, window=window,
-        exclude_hashes=exclude_hashes, verify_records=verify_records), num_cpus=0.25)
+        exclude_keys=excluded_keys(dataset, exclude_hashes), verify_records=verify_records),
+        num_cpus=0.25)
     # Raise what a task raised (RayTaskError(DatasetError)), not Ray Data's UserCodeException
     # wrapper, so a damaged shard reaches the caller as the DatasetError naming it.
     ds.context.raise_original_map_exception = True

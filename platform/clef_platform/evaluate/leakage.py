@@ -4,7 +4,9 @@ Every export marker (`layout.export.ExportMarker`) names the datasets it trained
 (`training_data`: URL, split, dataset digest). Each such dataset is opened
 (`layout.dataset.open_dataset`) and its digest compared with the marker's: a dataset that changed
 since training cannot say what the export saw, so that export is refused (one line naming the
-dataset). The records of the named split, by canonical-signal SHA-256, are excluded from every
+dataset). The records of the named split, by canonical-signal SHA-256 and by the SHA-256 of
+their source signal files (a window names its parent's, so a recording trained on as windows
+is excluded where a dataset holds it whole, and the other way round), are excluded from every
 probe of the run, baselines included, so every row of a run is scored on the same records.
 `--pretrain-manifest` (a table with a sha256 column) only adds more.
 """
@@ -106,6 +108,8 @@ def lineage_hashes(marker: ExportMarker, export: str,
                 f"marker says {t.dataset_digest[:16]} (changed since training); not scored")
         split = ds.frame(t.split)
         hashes.update(split["sha256"].astype(str))
+        # and the source files' digests, for the same recording windowed or whole elsewhere
+        hashes.update(h for h in split["source_sha256"].astype(str) if h)
         sources.append(f"{t.url} (split {t.split}, {len(split)} records, digest "
                        f"{t.dataset_digest[:16]})")
     return frozenset(hashes), sources

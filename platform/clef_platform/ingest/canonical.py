@@ -16,8 +16,10 @@ from fractions import Fraction
 import numpy as np
 
 from clef_model.leads import LEADS, N_LEADS, lead_index
-from clef_platform.ingest.read import ChannelInfo, HeaderInfo, load_header, read_signals
+from clef_platform.ingest.read import ChannelInfo, HeaderInfo
+from clef_platform.ingest.readers import get_reader
 from clef_platform.ingest.record import CanonicalRecord, Quarantined, RecordRef
+from clef_platform.ingest.windows import signal_files_sha256
 from clef_platform.ingest.validate import (
     MASKING_FLAGS, RECORD_FLAGS_KEY, Reject, ValidationConfig, check_age, check_duration,
     check_gain, check_sampling_rate, lead_problems,
@@ -57,10 +59,11 @@ def _process(ref: RecordRef, cfg: CanonicalConfig) -> CanonicalRecord:
         raise Reject("bad_reference", str(ref.labels.get("listing_error")
                                           or f"{ref.corpus}/{ref.record_id}: no source path"))
     check_age(ref.age, f"{ref.corpus}/{ref.record_id} metadata", vcfg)
-    header = load_header(ref.source_path)
+    reader = get_reader(ref.format)
+    header = reader.header(ref.source_path)
     slots = _validate_header(header, vcfg, ref.lead_aliases)
     start, length = _window_span(ref, header)
-    digital = read_signals(header, ref.source_path, start, length)
+    digital = reader.read(header, ref.source_path, start, length)
     fs = float(header.fs)   # checked by _validate_header
     check_duration(digital.shape[0], fs, header.path, vcfg)
 
@@ -85,9 +88,11 @@ def _process(ref: RecordRef, cfg: CanonicalConfig) -> CanonicalRecord:
     out, gains, baselines = _to_int16(leads, gains, baselines, flags)
     if record_flags:
         flags[RECORD_FLAGS_KEY] = record_flags
+    source = str(ref.window["parent_sha256"]) if ref.window else signal_files_sha256(
+        reader.signal_files(header))
     return CanonicalRecord(ref=ref, digital=out, gain=gains.astype(np.float32),
                            baseline=baselines.astype(np.float32), lead_mask=mask,
-                           fs_original=fs, quality_flags=flags)
+                           fs_original=fs, quality_flags=flags, source_sha256=source)
 
 
 def _lead_of(name: str, aliases: dict[str, str]) -> int | None:

@@ -253,7 +253,7 @@ def write_shard(name: str, split: str, refs_json: str, dest: str,
                     continue
                 sample = encode_record(out, split)
                 writer.add(sample)
-                stored_rows.append(mf.manifest_row(sample.meta, name))
+                stored_rows.append(mf.manifest_row(sample.meta, name, out.source_sha256))
         if stored_rows:
             nbytes, sha = tar_path.stat().st_size, sha256_file(tar_path)
             store.put_file(shard_key(name), tar_path)

@@ -22,6 +22,7 @@ class RecordRef:
     sex: str | None = None      # "M", "F" or None
     native_ids: dict[str, str] = field(default_factory=dict)   # e.g. subject_id, study_id
     labels: dict[str, object] = field(default_factory=dict)    # diagnoses, scp_codes, ...
+    format: str = "wfdb"        # the reader (clef_platform.ingest.readers) of source_path
     # source channel name -> standard lead name (a corpus spec's lead_aliases, e.g. MLII -> II)
     lead_aliases: dict[str, str] = field(default_factory=dict)
     # a window of a longer record (ingest.windows.Window as a dict), None for a whole record
@@ -43,6 +44,9 @@ class CanonicalRecord:
     lead_mask: np.ndarray       # bool [12]: present and usable
     fs_original: float
     quality_flags: dict[str, list[str]] = field(default_factory=dict)  # lead -> problems
+    # SHA-256 of the source record's signal files as stored (a window: its parent's), so the
+    # windowed and whole forms of one recording are known to be the same in any dataset
+    source_sha256: str = ""
 
     def millivolts(self) -> np.ndarray:
         return ((self.digital.astype(np.float32) - self.baseline[:, None])

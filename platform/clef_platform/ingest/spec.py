@@ -35,15 +35,21 @@ from pathlib import Path
 import yaml
 
 from clef_platform.ingest.adapters._common import (header_meta, iso_time, parse_age, parse_sex,
-                                                   read_header_head, safe_id)
+                                                   safe_id)
+from clef_platform.ingest.readers import get_reader
 from clef_platform.ingest.record import RecordRef
 from clef_platform.ingest.windows import WindowPolicy, parse_policy, window_refs
 
 log = logging.getLogger(__name__)
 CORPORA_DIR = Path(__file__).resolve().parents[3] / "corpora"
-# Formats whose records the ingestion's reader decodes (clef_platform.ingest.canonical); the
-# suffix is the file a spec's `records` glob matches for one record.
-FORMATS: dict[str, str] = {"wfdb": ".hea"}
+
+def formats() -> dict[str, str]:
+    """Format name -> the file a spec's `records` glob matches for one record (the readers
+    registered in clef_platform.ingest.readers)."""
+    from clef_platform.ingest.readers import readers
+
+    return {name: r.suffix for name, r in readers().items()}
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
@@ -201,11 +207,12 @@ def parse_spec(raw, where: str, source: Path | None = None) -> CorpusSpec:
     name = raw["name"]
     if not isinstance(name, str) or not _NAME.match(name):
         raise _fail(where, "name", "expected lower-case letters, digits, '-' or '_'")
-    if raw["format"] not in FORMATS:
-        raise _fail(where, "format", f"unknown format {raw['format']!r}; known: {sorted(FORMATS)}")
+    known = formats()
+    if raw["format"] not in known:
+        raise _fail(where, "format", f"unknown format {raw['format']!r}; known: {sorted(known)}")
     records = raw["records"]
-    if not isinstance(records, str) or not records.endswith(FORMATS[raw["format"]]):
-        raise _fail(where, "records", f"expected a glob of {FORMATS[raw['format']]} files")
+    if not isinstance(records, str) or not records.endswith(known[raw["format"]]):
+        raise _fail(where, "records", f"expected a glob of {known[raw['format']]} files")
     if records.startswith("/") or ".." in records.split("/"):
         raise _fail(where, "records", "must stay under the corpus folder")
     record_id = _id_rule(where, "record_id", raw.get("record_id", "stem"), "record_id",
@@ -255,7 +262,7 @@ class SpecAdapter:
         spec, source = self.spec, Path(source)
         check_table(spec, source)
         rows = self._table_rows(source)
-        suffix = FORMATS[spec.format]
+        suffix = formats()[spec.format]
         n = 0
         for path in sorted(source.glob(spec.records)):
             if not path.is_file():
@@ -289,7 +296,7 @@ class SpecAdapter:
             row = rows.get(key)
             if row is None:
                 labels["listing_error"] = f"{rel}: no row with {table.key_column} = {key!r} in {table.path}"
-        meta = header_meta(read_header_head(base.with_name(stem + FORMATS[spec.format]))) \
+        meta = header_meta(get_reader(spec.format).header_text(str(base))) \
             if spec.header_comments else None
         age = meta.age if meta else None
         sex = meta.sex if meta else None
@@ -312,7 +319,7 @@ class SpecAdapter:
                          patient_id=f"{spec.name}/{patient}",
                          source_path="" if "listing_error" in labels else str(base),
                          ecg_time=ecg_time, age=age, sex=sex, native_ids=native, labels=labels,
-                         lead_aliases=dict(spec.lead_aliases))
+                         format=spec.format, lead_aliases=dict(spec.lead_aliases))
 
     def _id(self, rule: IdRule, stem: str, rel: str, row, labels: dict,
             record_id: str = "") -> str:

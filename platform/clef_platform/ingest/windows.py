@@ -109,11 +109,11 @@ def plan(policy: WindowPolicy, n_samples: int, fs: float) -> list[tuple[int, int
     return [(s, length) for s in starts]
 
 
-def signal_files_sha256(hea: Path, file_names: list[str]) -> str:
-    """SHA-256 over a record's signal files in header order (each named once), streamed."""
+def signal_files_sha256(files: list[Path]) -> str:
+    """SHA-256 over a record's signal files in the reader's order, streamed."""
     h = hashlib.sha256()
-    for name in dict.fromkeys(file_names):
-        with open(hea.parent / name, "rb") as f:
+    for file in files:
+        with open(file, "rb") as f:
             while chunk := f.read(_CHUNK):
                 h.update(chunk)
     return h.hexdigest()
@@ -122,14 +122,15 @@ def signal_files_sha256(hea: Path, file_names: list[str]) -> str:
 def window_refs(ref: RecordRef, policy: WindowPolicy) -> Iterator[RecordRef]:
     """The window records of `ref`. A record whose header cannot be read or whose signal
     files are missing is listed whole: reading it quarantines it with the reason."""
-    from clef_platform.ingest.read import load_header
+    from clef_platform.ingest.readers import get_reader
     from clef_platform.ingest.validate import Reject
 
+    reader = get_reader(ref.format)
     try:
-        header = load_header(ref.source_path)
+        header = reader.header(ref.source_path)
         if not header.fs or header.sig_len is None:
             raise Reject("absurd_header_value", "no sampling rate or length")
-        digest = signal_files_sha256(Path(header.path), [c.file_name for c in header.channels])
+        digest = signal_files_sha256(reader.signal_files(header))
     except (Reject, OSError):
         yield ref
         return

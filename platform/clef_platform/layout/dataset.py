@@ -71,11 +71,13 @@ MANIFEST_SCHEMA = pa.schema([
     ("quality_flags", pa.string()),   # JSON: {lead: [problem, ...]}
     ("native_ids", pa.string()),      # JSON: corpus-native ids (subject_id, study_id, ...)
     ("labels", pa.string()),          # JSON: diagnoses, scp_codes, ...
+    # SHA-256 of the source signal files as stored (a window: its parent's); "" when the
+    # record was not read from files (leakage exclusion matches windowed and whole forms on it)
+    ("source_sha256", pa.string()),
     # A window of a longer record (ingest.windows); null for a whole record
     ("parent_record_id", pa.string()),
     ("window_index", pa.int64()),
     ("window_start_s", pa.float64()),  # offset in the parent record
-    ("parent_sha256", pa.string()),   # of the parent's signal files, as stored
 ])
 
 QUARANTINE_SCHEMA = pa.schema([
@@ -126,7 +128,9 @@ class ShardInfo:
         return shard_key(self.name)
 
 
-def manifest_row(meta: dict[str, Any], shard: str) -> dict[str, Any]:
+def manifest_row(meta: dict[str, Any], shard: str, source_sha256: str = "") -> dict[str, Any]:
+    """A manifest row from a stored sample's meta (and the source digest, which the sample
+    itself holds only for a window)."""
     window = meta.get("window") or {}
     return {
         "key": meta["key"], "corpus": meta["corpus"], "record_id": meta["record_id"],
@@ -136,8 +140,9 @@ def manifest_row(meta: dict[str, Any], shard: str) -> dict[str, Any]:
         "lead_mask": meta["lead_mask"], "n_leads_usable": int(sum(meta["lead_mask"])),
         "quality_flags": dumps_json(meta["quality_flags"]),
         "native_ids": dumps_json(meta["native_ids"]), "labels": dumps_json(meta["labels"]),
+        "source_sha256": source_sha256 or window.get("parent_sha256", ""),
         "parent_record_id": window.get("parent_record_id"), "window_index": window.get("index"),
-        "window_start_s": window.get("start_s"), "parent_sha256": window.get("parent_sha256"),
+        "window_start_s": window.get("start_s"),
     }
 
 

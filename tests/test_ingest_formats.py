@@ -1,0 +1,111 @@
+"""Source formats beyond WFDB (issue 14): every reader is registered the same way
+(clef_platform.ingest.readers) and declared by a corpus spec's `format:`.
+
+- CPSC 2018's original MATLAB files (data/cpsc2018-sample, five records): ids, leads, rate,
+  age and sex from the struct, values within 0.5 uV of the file's millivolts.
+- A single-lead strip at 300 Hz (AliveCor-style): built from real LUDB signal (record 1,
+  lead I, resampled to 300 Hz and written as a one-channel WFDB record; a fixture from a real
+  signal, not a real 300 Hz recording): lead I kept, the other eleven masked.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import scipy.io as sio
+import wfdb
+
+from clef_model.leads import LEADS, lead_index
+from clef_platform.ingest.canonical import process_record
+from clef_platform.ingest.pipeline import IngestConfig, run_ingest
+from clef_platform.ingest.readers import get_reader, readers
+from clef_platform.ingest.record import CanonicalRecord
+from clef_platform.ingest.spec import SpecAdapter, load_spec, parse_spec
+from clef_platform.layout.dataset import MANIFEST_KEY
+from tests.helpers import REPO
+
+CPSC = REPO / "data" / "cpsc2018-sample"
+CPSC_IDS = ["A1980", "A1981", "A1982", "A1983", "A1985"]
+
+
+def _mat(record_id: str):
+    ecg = sio.loadmat(str(CPSC / f"{record_id}.mat"))["ECG"]
+    return ecg["data"][0, 0], str(ecg["sex"][0, 0][0]), float(ecg["age"][0, 0].ravel()[0])
+
+
+def test_readers_are_registered_by_format_name():
+    assert {"wfdb", "cpsc-mat"} <= set(readers())
+    assert get_reader("cpsc-mat").suffix == ".mat" and get_reader("wfdb").suffix == ".hea"
+    with pytest.raises(KeyError, match="no reader for format 'nope'"):
+        get_reader("nope")
+
+
+def test_cpsc_2018_records_read_with_their_metadata_and_values():
+    refs = list(SpecAdapter(load_spec(REPO / "corpora" / "cpsc2018.yaml")).list_records(CPSC))
+    assert [r.record_id for r in refs] == CPSC_IDS
+    for ref in refs:
+        data, sex, age = _mat(ref.record_id)
+        assert ref.patient_id == f"cpsc2018/{ref.record_id}" and ref.format == "cpsc-mat"
+        assert ref.age == age and ref.sex == {"Male": "M", "Female": "F"}[sex]
+        out = process_record(ref)
+        assert isinstance(out, CanonicalRecord), out
+        assert out.fs_original == 500.0 and out.digital.shape == (12, data.shape[1])
+        assert out.lead_mask.all() and not out.quality_flags
+        # stored at 1 uV per unit: within half a microvolt (plus float32 rounding)
+        assert np.abs(out.millivolts() - data).max() <= 0.5e-3 + 1e-5
+
+
+def test_a_damaged_mat_file_is_quarantined_naming_it(tmp_path):
+    (tmp_path / "A0001.mat").write_bytes((CPSC / "A1980.mat").read_bytes()[:2000])
+    spec = load_spec(REPO / "corpora" / "cpsc2018.yaml")
+    ref, = SpecAdapter(spec).list_records(tmp_path)
+    out = process_record(ref)
+    assert out.reason == "garbled_header" and "A0001.mat" in out.detail, out
+
+
+@pytest.mark.slow
+def test_cpsc_2018_ingests_through_its_spec(ray_local, tmp_path):
+    summary = run_ingest(IngestConfig("cpsc2018", CPSC, str(tmp_path / "ds"),
+                                      shard_bytes=1_000_000))
+    assert summary.stored == 5 and summary.quarantined == 0
+    m = pq.read_table(tmp_path / "ds" / MANIFEST_KEY).to_pandas().sort_values("record_id")
+    assert m["record_id"].tolist() == CPSC_IDS
+    assert m["n_samples"].tolist() == [_mat(i)[0].shape[1] for i in CPSC_IDS]
+    assert (m["n_leads_usable"] == 12).all() and (m["fs_original"] == 500.0).all()
+    assert m["age"].tolist() == [_mat(i)[2] for i in CPSC_IDS]
+    assert m["parent_record_id"].isna().all()
+    assert all(len(h) == 64 for h in m["source_sha256"])
+
+
+def _single_lead_strip(folder: Path) -> Path:
+    """LUDB record 1's lead I resampled 500 -> 300 Hz, one WFDB channel named 'ECG'."""
+    from scipy.signal import resample_poly
+
+    src = wfdb.rdrecord(str(REPO / "data" / "ludb" / "data" / "1"))
+    lead = src.p_signal[:, [n.lower() for n in src.sig_name].index("i")]
+    strip = resample_poly(lead, 3, 5)[:, None]
+    folder.mkdir()
+    wfdb.wrsamp("strip1", fs=300, units=["mV"], sig_name=["ECG"], p_signal=strip, fmt=["16"],
+                adc_gain=[1000.0], baseline=[0], write_dir=str(folder))
+    return folder
+
+
+def test_a_single_lead_strip_keeps_one_lead_and_masks_eleven(tmp_path):
+    folder = _single_lead_strip(tmp_path / "strips")
+    spec = parse_spec({"name": "wearable", "format": "wfdb", "records": "*.hea",
+                       "header_comments": False, "lead_aliases": {"ECG": "I"}}, "wearable.yaml")
+    ref, = SpecAdapter(spec).list_records(folder)
+    out = process_record(ref)
+    assert isinstance(out, CanonicalRecord), out
+    assert out.fs_original == 300.0 and out.digital.shape == (12, 5000)
+    assert out.lead_mask.tolist() == [name == "I" for name in LEADS]
+    assert {k for k, v in out.quality_flags.items() if v == ["absent"]} == set(LEADS) - {"I"}
+    assert "lead_alias:ECG->I" in out.quality_flags["record"]
+    # back at 500 Hz it follows LUDB's own lead I (the 300 Hz strip keeps the ECG's band)
+    ludb = wfdb.rdrecord(str(REPO / "data" / "ludb" / "data" / "1"))
+    original = ludb.p_signal[:, [n.lower() for n in ludb.sig_name].index("i")]
+    got = out.millivolts()[lead_index("I")]
+    assert np.corrcoef(got[100:-100], original[100:-100])[0, 1] > 0.99
+    assert json.dumps(out.quality_flags)      # plain JSON, as the manifest stores it
