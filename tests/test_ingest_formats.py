@@ -3,11 +3,14 @@
 
 - CPSC 2018's original MATLAB files (data/cpsc2018-sample, five records): ids, leads, rate,
   age and sex from the struct, values within 0.5 uV of the file's millivolts.
+- EDF+ written by pyedflib from real LUDB signals (record 1): leads by label, start time, sex
+  and age from the patient field, the file's physical values; windows read only their span.
 - A single-lead strip at 300 Hz (AliveCor-style): built from real LUDB signal (record 1,
   lead I, resampled to 300 Hz and written as a one-channel WFDB record; a fixture from a real
   signal, not a real 300 Hz recording): lead I kept, the other eleven masked.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -36,7 +39,7 @@ def _mat(record_id: str):
 
 
 def test_readers_are_registered_by_format_name():
-    assert {"wfdb", "cpsc-mat"} <= set(readers())
+    assert {"wfdb", "cpsc-mat", "edf", "bdf"} <= set(readers())
     assert get_reader("cpsc-mat").suffix == ".mat" and get_reader("wfdb").suffix == ".hea"
     with pytest.raises(KeyError, match="no reader for format 'nope'"):
         get_reader("nope")
@@ -109,3 +112,76 @@ def test_a_single_lead_strip_keeps_one_lead_and_masks_eleven(tmp_path):
     got = out.millivolts()[lead_index("I")]
     assert np.corrcoef(got[100:-100], original[100:-100])[0, 1] > 0.99
     assert json.dumps(out.quality_flags)      # plain JSON, as the manifest stores it
+
+
+def _edf_from_ludb(folder: Path, record: str = "1") -> Path:
+    """LUDB record `record` (12 leads, 500 Hz, mV) written as EDF+ by pyedflib, the reader's own
+    library, with physical range +-10 mV over 16 bits, sex and birth date in the patient field."""
+    import datetime as dt
+
+    import pyedflib
+
+    src = wfdb.rdrecord(str(REPO / "data" / "ludb" / "data" / record))
+    folder.mkdir(exist_ok=True)
+    path = folder / f"ludb{record}.edf"
+    w = pyedflib.EdfWriter(str(path), len(src.sig_name), file_type=pyedflib.FILETYPE_EDFPLUS)
+    try:
+        w.setSignalHeaders([{"label": name.upper() if name.lower() != "avr" else "aVR",
+                             "dimension": "mV", "sample_frequency": 500,
+                             "physical_max": 10.0, "physical_min": -10.0,
+                             "digital_max": 32767, "digital_min": -32768}
+                            for name in src.sig_name])
+        w.setSex(1)
+        w.setBirthdate(dt.date(1970, 6, 1))
+        w.setStartdatetime(dt.datetime(2020, 3, 4, 5, 6, 7))
+        w.writeSamples([np.ascontiguousarray(src.p_signal[:, c]) for c in range(src.n_sig)])
+    finally:
+        w.close()
+    return path
+
+
+def test_an_edf_file_reads_with_its_leads_time_sex_and_values(tmp_path):
+    import pyedflib
+
+    path = _edf_from_ludb(tmp_path / "edf")
+    spec = parse_spec({"name": "holter-edf", "format": "edf", "records": "*.edf",
+                       "header_comments": True}, "edf.yaml")
+    ref, = SpecAdapter(spec).list_records(path.parent)
+    assert ref.record_id == "ludb1" and ref.sex == "M" and ref.age == 49
+    out = process_record(ref)
+    assert isinstance(out, CanonicalRecord), out
+    assert out.ref.ecg_time == "2020-03-04T05:06:07"
+    assert out.fs_original == 500.0 and out.digital.shape == (12, 5000) and out.lead_mask.all()
+    f = pyedflib.EdfReader(str(path))
+    try:
+        for c, label in enumerate(f.getSignalLabels()):
+            # exactly the file's physical values, lead by lead by name
+            assert np.allclose(out.millivolts()[lead_index(label)], f.readSignal(c), atol=1e-6)
+    finally:
+        f.close()
+    ludb = wfdb.rdrecord(str(REPO / "data" / "ludb" / "data" / "1"))
+    # pyedflib's writer quantises to within one step of the +-10 mV / 16-bit grid (it does not
+    # round to the nearest step), so LUDB's values come back within one step
+    quantum = 20.0 / 65535
+    for c, name in enumerate(ludb.sig_name):
+        assert np.abs(out.millivolts()[lead_index(name)] - ludb.p_signal[:, c]).max() \
+            <= quantum + 1e-6
+
+
+def test_an_edf_window_reads_only_its_samples(tmp_path):
+    path = _edf_from_ludb(tmp_path / "edf")
+    spec = parse_spec({"name": "holter-edf", "format": "edf", "records": "*.edf",
+                       "header_comments": False,
+                       "windows": {"length_s": 4, "hop_s": 3}}, "edf.yaml")
+    refs = list(SpecAdapter(spec).list_records(path.parent))
+    assert [r.window["start"] for r in refs] == [0, 1500, 3000]
+    # 4 s windows are below the 10 s minimum: quarantined too_short, not stored short
+    assert {process_record(r).reason for r in refs} == {"too_short"}
+    long = parse_spec({"name": "holter-edf", "format": "edf", "records": "*.edf",
+                       "header_comments": False, "windows": {"length_s": 10}}, "edf.yaml")
+    ref, = SpecAdapter(long).list_records(path.parent)
+    whole, = SpecAdapter(parse_spec({"name": "holter-edf", "format": "edf", "records": "*.edf",
+                                     "header_comments": False}, "e.yaml")).list_records(path.parent)
+    a, b = process_record(ref), process_record(whole)
+    assert ref.window["length"] == 5000 and np.array_equal(a.digital, b.digital)
+    assert a.source_sha256 == b.source_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -188,7 +188,8 @@ def _resample(leads: np.ndarray, baselines: np.ndarray, fs: float, cfg: Canonica
     ratio = Fraction(cfg.target_fs / fs).limit_denominator(cfg.max_resample_denominator)
     centred = leads.astype(np.float64) - baselines[:, None]
     res = resample_poly(centred, ratio.numerator, ratio.denominator, axis=1)
-    return np.rint(res).astype(np.int64) + baselines.astype(np.int64)[:, None]
+    # baselines may be fractional (EDF's ranges): added before rounding
+    return np.rint(res + baselines[:, None]).astype(np.int64)
 
 
 def _to_int16(leads: np.ndarray, gains: np.ndarray, baselines: np.ndarray,

@@ -53,6 +53,7 @@ class ChannelInfo:
     adc_zero: int
     name: str
     skew: int = 0
+    sentinel: bool = True         # the format's most negative value means "no sample" (WFDB)
 
     @property
     def mv_per_unit(self) -> float | None:
@@ -73,7 +74,7 @@ class ChannelInfo:
         return (lo + 1 if inv is not None and lo <= inv else lo), hi
 
     def invalid_value(self) -> int | None:
-        if self.fmt == "8":
+        if self.fmt == "8" or not self.sentinel:
             return None
         return -(2 ** (FORMAT_BITS.get(self.fmt, 16) - 1))
 
