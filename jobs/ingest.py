@@ -14,6 +14,7 @@ unknown corpus or a source without records.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 from pathlib import Path
@@ -144,7 +145,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ingest {cfg.corpus} -> {cfg.dest}")
     for line in summary.lines():
         print("  " + line)
+    print("  " + data_card(cfg.dest))   # after Ray: the card reads only the committed dataset
     return 0 if summary.balanced else 1
+
+
+def data_card(dest: str) -> str:
+    """Write the committed dataset's data card; the summary line saying where it is. A card
+    that fails leaves the dataset as good as it was, so the ingest's status stands: the line
+    says so and how to render it again, the traceback goes to the job's log file."""
+    from clef_platform.layout.datacard import write_data_card
+
+    try:
+        return f"data card: {write_data_card(dest)}"
+    except Exception as e:  # noqa: BLE001 - the dataset is committed; the card is a report
+        logging.getLogger("ingest").error("data card of %s not written", dest, exc_info=True)
+        return (f"data card: not written ({type(e).__name__}: {e}); render it with "
+                f"jobs/datacard.py --data {dest}")
 
 
 if __name__ == "__main__":
