@@ -185,3 +185,76 @@ def test_an_edf_window_reads_only_its_samples(tmp_path):
     a, b = process_record(ref), process_record(whole)
     assert ref.window["length"] == 5000 and np.array_equal(a.digital, b.digital)
     assert a.source_sha256 == b.source_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+CODE15_EXAMS = [("1001", "1", "7", 50, True), ("1002", "2", "7", 50, True),
+                ("1003", "3", "8", 34, False), ("1004", "4", "9", 77, False)]
+
+
+def _code15_fixture(folder: Path) -> Path:
+    """ARTIFICIAL plumbing, not CODE-15 data: LUDB records 1-4 resampled 500 -> 400 Hz (10 s =
+    4000 samples), zero-padded to 4096 (48 each side) as CODE-15 pads, in units of 1e-4 V, in
+    one `exams_part0.hdf5`, with an exams.csv that gives them made-up exam ids, patients (two
+    exams of patient 7), ages and sexes."""
+    import h5py
+    from scipy.signal import resample_poly
+
+    folder.mkdir()
+    tracings = np.zeros((len(CODE15_EXAMS), 4096, 12), np.float32)
+    for n, (_, record, _, _, _) in enumerate(CODE15_EXAMS):
+        src = wfdb.rdrecord(str(REPO / "data" / "ludb" / "data" / record))
+        for c, name in enumerate(src.sig_name):
+            tracings[n, 48:4048, lead_index(name)] = resample_poly(src.p_signal[:, c], 4, 5) * 10
+    with h5py.File(folder / "exams_part0.hdf5", "w") as f:
+        f["tracings"] = tracings
+        f["exam_id"] = np.array([int(e[0]) for e in CODE15_EXAMS])
+    rows = ["exam_id,age,is_male,patient_id,trace_file,AF"] + [
+        f"{e},{age},{male},{patient},exams_part0.hdf5,False"
+        for e, _, patient, age, male in CODE15_EXAMS]
+    (folder / "exams.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+CODE15_SPEC = {"name": "code15", "format": "code15-hdf5", "records": "*.hdf5",
+               "record_id": "stem", "patient_id": {"column": "patient_id"},
+               "header_comments": False,
+               "table": {"path": "exams.csv", "key": {"column": "exam_id", "from": "record_id"},
+                         "columns": {"age": "age", "sex": "is_male"},
+                         "sex_values": {"True": "M", "False": "F"}, "label_columns": ["AF"]}}
+
+
+def test_the_code15_layout_reads_each_exam_with_its_padding_trimmed(tmp_path):
+    import h5py
+    from scipy.signal import resample_poly
+
+    folder = _code15_fixture(tmp_path / "code15")
+    refs = list(SpecAdapter(parse_spec(CODE15_SPEC, "code15.yaml", folder)).list_records(folder))
+    assert [r.record_id for r in refs] == [e[0] for e in CODE15_EXAMS]
+    assert [r.patient_id for r in refs] == [f"code15/{e[2]}" for e in CODE15_EXAMS]
+    assert [(r.age, r.sex) for r in refs] == [(e[3], "M" if e[4] else "F") for e in CODE15_EXAMS]
+    with h5py.File(folder / "exams_part0.hdf5", "r") as f:
+        tracings = f["tracings"][()]
+    digests = set()
+    for n, ref in enumerate(refs):
+        out = process_record(ref)
+        assert isinstance(out, CanonicalRecord), out
+        # 4000 samples at 400 Hz once the padding is gone: 10 s, 5000 at 500 Hz
+        assert out.fs_original == 400.0 and out.digital.shape == (12, 5000) and out.lead_mask.all()
+        expected = resample_poly(tracings[n, 48:4048].astype(np.float64) / 10, 5, 4, axis=0).T
+        assert np.abs(out.millivolts() - expected).max() < 2e-3          # within 2 uV
+        digests.add(out.source_sha256)
+    assert len(digests) == len(refs)      # each exam its own recording, not the shared file
+
+
+@pytest.mark.slow
+def test_the_code15_fixture_ingests_with_patient_level_splits(ray_local, tmp_path):
+    folder = _code15_fixture(tmp_path / "code15")
+    spec = parse_spec(CODE15_SPEC, "code15.yaml", folder)
+    summary = run_ingest(IngestConfig("code15", folder, str(tmp_path / "ds"),
+                                      shard_bytes=1_000_000),
+                         list_refs=lambda corpus, source: SpecAdapter(spec).list_records(source))
+    assert summary.stored == 4 and summary.quarantined == 0
+    m = pq.read_table(tmp_path / "ds" / MANIFEST_KEY).to_pandas().set_index("record_id")
+    assert (m["n_samples"] == 5000).all() and (m["fs_original"] == 400.0).all()
+    assert m.loc["1001", "split"] == m.loc["1002", "split"]          # both exams of patient 7
+    assert json.loads(m.loc["1003", "labels"])["AF"] == "False"

@@ -19,7 +19,6 @@ from clef_model.leads import LEADS, N_LEADS, lead_index
 from clef_platform.ingest.read import ChannelInfo, HeaderInfo
 from clef_platform.ingest.readers import get_reader
 from clef_platform.ingest.record import CanonicalRecord, Quarantined, RecordRef
-from clef_platform.ingest.windows import signal_files_sha256
 from clef_platform.ingest.validate import (
     MASKING_FLAGS, RECORD_FLAGS_KEY, Reject, ValidationConfig, check_age, check_duration,
     check_gain, check_sampling_rate, lead_problems,
@@ -88,8 +87,7 @@ def _process(ref: RecordRef, cfg: CanonicalConfig) -> CanonicalRecord:
     out, gains, baselines = _to_int16(leads, gains, baselines, flags)
     if record_flags:
         flags[RECORD_FLAGS_KEY] = record_flags
-    source = str(ref.window["parent_sha256"]) if ref.window else signal_files_sha256(
-        reader.signal_files(header))
+    source = str(ref.window["parent_sha256"]) if ref.window else reader.source_sha256(header)
     return CanonicalRecord(ref=ref, digital=out, gain=gains.astype(np.float32),
                            baseline=baselines.astype(np.float32), lead_mask=mask,
                            fs_original=fs, quality_flags=flags, source_sha256=source)

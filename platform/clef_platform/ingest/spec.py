@@ -36,7 +36,7 @@ import yaml
 
 from clef_platform.ingest.adapters._common import (header_meta, iso_time, parse_age, parse_sex,
                                                    safe_id)
-from clef_platform.ingest.readers import get_reader
+from clef_platform.ingest.readers import MEMBER_SEP, get_reader
 from clef_platform.ingest.record import RecordRef
 from clef_platform.ingest.windows import WindowPolicy, parse_policy, window_refs
 
@@ -262,19 +262,24 @@ class SpecAdapter:
         spec, source = self.spec, Path(source)
         check_table(spec, source)
         rows = self._table_rows(source)
-        suffix = formats()[spec.format]
+        reader = get_reader(spec.format)
+        members = getattr(reader, "members", None)    # files holding many records
         n = 0
         for path in sorted(source.glob(spec.records)):
             if not path.is_file():
                 continue
-            stem = path.name[: -len(suffix)]
+            stem = path.name[: -len(reader.suffix)]
             rel = path.relative_to(source).with_name(stem).as_posix()
-            ref = self._ref(path.with_name(stem), stem, rel, rows)
-            n += 1
-            if spec.windows is None or not ref.source_path:
-                yield ref
-            else:
-                yield from window_refs(ref, spec.windows)
+            records = [(path.with_name(stem), stem, rel)] if members is None else [
+                (path.with_name(f"{stem}{MEMBER_SEP}{i}"), name, f"{rel}/{name}")
+                for i, name in enumerate(members(path))]
+            for base, record_stem, record_rel in records:
+                ref = self._ref(base, record_stem, record_rel, rows)
+                n += 1
+                if spec.windows is None or not ref.source_path:
+                    yield ref
+                else:
+                    yield from window_refs(ref, spec.windows)
         log.info("spec %s: %d records under %s", spec.name, n, source)
 
     def _table_rows(self, source: Path) -> dict[str, dict[str, str]]:

@@ -15,23 +15,20 @@ the record's length.
                             #   ending at the record's end (it overlaps the one before)
       max_windows: 1000     # at most this many per record (>= 1; default: no limit)
 
-The parent digest is SHA-256 over the record's signal files as stored (streamed in chunks), so
-every window of one record names the same parent, and the same files give the same digest in
-any dataset.
+The parent digest is the reader's SHA-256 of the record's samples as stored (its signal files,
+streamed in chunks), so every window of one record names the same parent, and the same files
+give the same digest in any dataset.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from clef_platform.ingest.record import RecordRef
 
-_CHUNK = 1 << 20
 REMAINDERS = ("drop", "end")
 
 
@@ -109,16 +106,6 @@ def plan(policy: WindowPolicy, n_samples: int, fs: float) -> list[tuple[int, int
     return [(s, length) for s in starts]
 
 
-def signal_files_sha256(files: list[Path]) -> str:
-    """SHA-256 over a record's signal files in the reader's order, streamed."""
-    h = hashlib.sha256()
-    for file in files:
-        with open(file, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 def window_refs(ref: RecordRef, policy: WindowPolicy) -> Iterator[RecordRef]:
     """The window records of `ref`. A record whose header cannot be read or whose signal
     files are missing is listed whole: reading it quarantines it with the reason."""
@@ -130,7 +117,7 @@ def window_refs(ref: RecordRef, policy: WindowPolicy) -> Iterator[RecordRef]:
         header = reader.header(ref.source_path)
         if not header.fs or header.sig_len is None:
             raise Reject("absurd_header_value", "no sampling rate or length")
-        digest = signal_files_sha256(reader.signal_files(header))
+        digest = reader.source_sha256(header)
     except (Reject, OSError):
         yield ref
         return

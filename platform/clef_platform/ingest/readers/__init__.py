@@ -11,13 +11,18 @@ resampling, int16 storage, windows) is the same whatever the format:
     header_text(path)       bounded text of the record's metadata in WFDB comment style
                             ("#Age: 52"), for a spec's header_comments at listing time
     read(header, path, start, length)   int64 [T, n_sig]: the whole record, or a window
-    signal_files(header)    the files holding the samples (their digest names the recording)
+    source_sha256(header)   SHA-256 of the record's samples as stored (its signal files, or its
+                            slice of a many-record file): it names the recording in any dataset
+    members(file)           optional, for files holding many records (CODE-15's HDF5): their
+                            names; the listing then gives one record per member, at
+                            `<path>::<index>`
 
 Adding a format is one new module in this package that calls `register`; nothing else changes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import pkgutil
 from pathlib import Path
@@ -39,7 +44,21 @@ class Reader(Protocol):
     def read(self, header: HeaderInfo, path: str, start: int = 0,
              length: int | None = None) -> np.ndarray: ...
 
-    def signal_files(self, header: HeaderInfo) -> list[Path]: ...
+    def source_sha256(self, header: HeaderInfo) -> str: ...
+
+
+MEMBER_SEP = "::"     # <file without suffix>::<row>: one record of a many-record file
+_CHUNK = 1 << 20
+
+
+def files_sha256(files: list[Path]) -> str:
+    """SHA-256 over files in order, streamed (bounded memory whatever their size)."""
+    h = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 _READERS: dict[str, Reader] = {}

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from clef_platform.ingest.read import ChannelInfo, HeaderInfo
-from clef_platform.ingest.readers import register
+from clef_platform.ingest.readers import files_sha256, register
 from clef_platform.ingest.validate import Reject
 
 FS = 500.0
@@ -71,8 +71,8 @@ class CpscMatReader:
         stop = data.shape[1] if length is None else start + length
         return np.rint(data[:, start:stop].T * UNITS_PER_MV).astype(np.int64)
 
-    def signal_files(self, header: HeaderInfo) -> list[Path]:
-        return [Path(header.path)]
+    def source_sha256(self, header: HeaderInfo) -> str:
+        return files_sha256([Path(header.path)])
 
 
 register(CpscMatReader())

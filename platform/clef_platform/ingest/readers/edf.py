@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from clef_platform.ingest.read import ChannelInfo, HeaderInfo, iso_datetime
-from clef_platform.ingest.readers import register
+from clef_platform.ingest.readers import files_sha256, register
 from clef_platform.ingest.validate import Reject
 
 
@@ -100,8 +100,8 @@ class EdfReader:
                                                    f"samples read, expected {n}")
         return np.stack(cols, axis=1).astype(np.int64)
 
-    def signal_files(self, header: HeaderInfo) -> list[Path]:
-        return [Path(header.path)]
+    def source_sha256(self, header: HeaderInfo) -> str:
+        return files_sha256([Path(header.path)])
 
 
 register(EdfReader("edf", ".edf", 16))

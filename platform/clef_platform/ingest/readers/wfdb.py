@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clef_platform.ingest import read
-from clef_platform.ingest.readers import register
+from clef_platform.ingest.readers import files_sha256, register
 
 
 class WfdbReader:
@@ -24,9 +24,10 @@ class WfdbReader:
     def read(self, header: read.HeaderInfo, path: str, start: int = 0, length: int | None = None):
         return read.read_signals(header, path, start, length)
 
-    def signal_files(self, header: read.HeaderInfo) -> list[Path]:
+    def source_sha256(self, header: read.HeaderInfo) -> str:
         folder = Path(header.path).parent
-        return [folder / name for name in dict.fromkeys(c.file_name for c in header.channels)]
+        return files_sha256([folder / name
+                             for name in dict.fromkeys(c.file_name for c in header.channels)])
 
 
 register(WfdbReader())
