@@ -2,14 +2,18 @@
 
 Prints, in one run:
   1. storage dtype: bytes/record and decode speed of int16+gain (chosen) vs float32 vs float16
-  2. ingest records/s with 2 Ray workers vs the floor of reading the same WFDB files
-     sequentially with wfdb.rdrecord (ratio)
-  3. training-read samples/s from the shards (webdataset, torch DataLoader, 2 workers) vs
+  2. where a record's time goes in the ingest worker's shard function (read, validate,
+     resample, int16, hash, encode, tar, upload), profiled in-process
+  3. records/s per core against the floor of reading the same WFDB files sequentially with
+     wfdb.rdrecord (ratio): the shard function in-process, the Ray ingest with 1 worker, and
+     with 2 workers (and 2 workers against 1: the scaling ratio); Ray overhead per record
+  4. windows/s: MIT-BIH 100 repeated to several hours, ingested as 10 s windows
+  5. training-read samples/s from the shards (webdataset, torch DataLoader, 2 workers) vs
      reading the WFDB files (sequentially, and through a DataLoader with 2 workers) (ratios)
 
-    .venv/bin/python benchmarks/bench_ingest.py [--copies 10] [--shard-mb 32]
+    .venv/bin/python benchmarks/bench_ingest.py [--copies 10] [--shard-mb 32] [--hours 4]
 
-Keep it under ~5 minutes on 2 cores. Reads ../shared/data/ludb if present, else data/ludb.
+Keep it under ~5 minutes on 2 cores. Reads the project's bundled data/ludb and data/mitdb-100.
 """
 
 from __future__ import annotations
@@ -27,8 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def ludb_source() -> Path:
-    shared = REPO.parent / "shared" / "data" / "ludb"
-    return shared if (shared / "data").is_dir() else REPO / "data" / "ludb"
+    return REPO / "data" / "ludb"
 
 
 def replicate(src: Path, dest: Path, copies: int) -> list[Path]:
@@ -124,10 +127,104 @@ def shards_dataloader(url: str, workers: int) -> tuple[int, float]:
     return n, n / (time.perf_counter() - t)
 
 
+# The shard function's stages, by the functions that do them (file suffix, function name);
+# "hash" is subtracted from "encode", which calls it.
+STAGES = {
+    "read": [("readers/wfdb.py", "header"), ("readers/wfdb.py", "read")],
+    "validate": [("canonical.py", "_validate_header"), ("canonical.py", "_map_leads")],
+    "resample": [("canonical.py", "_resample")],
+    "int16": [("canonical.py", "_to_int16")],
+    "hash": [("shards.py", "signal_sha256"), ("readers/wfdb.py", "source_sha256")],
+    "encode": [("shards.py", "encode_record")],
+    "tar": [("shards.py", "add")],
+    "upload": [("storage.py", "put_file"), ("dataset.py", "write_part")],
+}
+
+
+def breakdown(refs_json: str, n: int, dest: str) -> tuple[dict[str, float], float]:
+    """ms per record of each stage of `write_shard` over `n` records, and the total."""
+    import cProfile
+    import pstats
+
+    from clef_platform.ingest.pipeline import write_shard
+
+    prof = cProfile.Profile()
+    prof.enable()
+    write_shard("train-999999", "train", refs_json, dest)
+    prof.disable()
+    stats = pstats.Stats(prof).stats        # (file, line, name) -> (cc, nc, tt, ct, callers)
+    cum = {}
+    for (file, _, name), (_, _, _, ct, _) in stats.items():
+        for stage, funcs in STAGES.items():
+            if any(file.endswith(f) and name == fn for f, fn in funcs):
+                cum[stage] = cum.get(stage, 0.0) + ct
+    total = next(ct for (file, _, name), (_, _, _, ct, _) in stats.items()
+                 if name == "write_shard" and file.endswith("pipeline.py"))
+    cum["encode"] = cum.get("encode", 0.0) - stats_sum(stats, "shards.py", "signal_sha256")
+    cum["other"] = total - sum(cum.values())
+    return {k: 1000 * v / n for k, v in cum.items()}, 1000 * total / n
+
+
+def stats_sum(stats, suffix: str, name: str) -> float:
+    return sum(ct for (file, _, fn), (_, _, _, ct, _) in stats.items()
+               if file.endswith(suffix) and fn == name)
+
+
+def in_process_rate(refs_json: str, n: int, dest: str) -> float:
+    from clef_platform.ingest.pipeline import write_shard
+
+    t = time.perf_counter()
+    write_shard("train-999998", "train", refs_json, dest)
+    return n / (time.perf_counter() - t)
+
+
+def ray_ingest(src: Path, dest: Path, shard_mb: float, workers: int) -> tuple[float, float]:
+    """(records/s over the shard writing, records/s end to end) of one Ray ingest."""
+    from clef_platform.ingest.adapters import get_adapter
+    from clef_platform.ingest.pipeline import IngestConfig, run_ingest
+
+    cfg = IngestConfig("wfdb", src, str(dest), shard_bytes=int(shard_mb * 2**20),
+                       workers=workers, cpus_per_worker=1.0)
+    spans: list[float] = []
+    summary = run_ingest(cfg, list_refs=lambda corpus, source: get_adapter(
+        "wfdb", record_id="relative_path").list_records(source),
+        on_plan=lambda n: spans.append(time.perf_counter()),
+        on_shard=lambda *a, **k: spans.append(time.perf_counter()))
+    assert summary.balanced and summary.quarantined == 0, summary.lines()
+    writing = spans[-1] - spans[0]
+    return summary.stored / writing, summary.records_per_s
+
+
+def holter(hours: float, folder: Path) -> Path:
+    """MIT-BIH 100 (30 min 6 s) repeated to about `hours` (one real record, repeated)."""
+    import wfdb
+
+    rec = wfdb.rdrecord(str(REPO / "data" / "mitdb-100" / "100"), physical=False)
+    times = max(1, round(hours * 3600 / (rec.sig_len / rec.fs)))
+    folder.mkdir()
+    wfdb.wrsamp("100long", fs=rec.fs, units=rec.units, sig_name=rec.sig_name,
+                d_signal=np.tile(rec.d_signal, (times, 1)), fmt=rec.fmt, adc_gain=rec.adc_gain,
+                baseline=rec.baseline, write_dir=str(folder))
+    return folder
+
+
+def windows_rate(folder: Path, dest: Path, workers: int) -> tuple[int, float]:
+    from clef_platform.ingest.pipeline import IngestConfig, run_ingest
+    from clef_platform.ingest.spec import SpecAdapter, load_spec
+
+    spec = SpecAdapter(load_spec(REPO / "corpora" / "mitdb.yaml"))
+    summary = run_ingest(IngestConfig("mitdb", folder, str(dest), workers=workers,
+                                      shard_bytes=32 * 2**20),
+                         list_refs=lambda corpus, source: spec.list_records(source))
+    assert summary.balanced and summary.quarantined == 0, summary.lines()
+    return summary.stored, summary.records_per_s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--copies", type=int, default=10, help="LUDB copies (200 records each)")
     ap.add_argument("--shard-mb", type=float, default=32.0)
+    ap.add_argument("--hours", type=float, default=4.0, help="length of the repeated Holter record")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -137,31 +234,50 @@ def main() -> None:
         print(f"records: {len(records)} (LUDB x {args.copies}, symlinked)")
         bench_dtypes(records)
 
-        floor = wfdb_sequential(records)
+        import json
+
         import ray
 
         from clef_platform.ingest.adapters import get_adapter
-        from clef_platform.ingest.pipeline import IngestConfig, run_ingest
+        from clef_platform.ingest.pipeline import ref_to_json
 
+        refs = list(get_adapter("wfdb", record_id="relative_path").list_records(tmp_path / "src"))
+        sample = json.dumps([ref_to_json(r) for r in refs[:400]])
+        in_process_rate(sample, 400, str(tmp_path / "warm"))     # imports, page cache
+        stages, total = breakdown(sample, 400, str(tmp_path / "prof"))
+        print(f"2. per record in the shard function (cProfile, {len(refs[:400])} records; "
+              f"{total:.2f} ms/record under the profiler):")
+        for stage, ms in stages.items():
+            print(f"   {stage:9s} {ms:6.3f} ms  {100 * ms / total:5.1f} %")
+
+        floor = wfdb_sequential(records)
+        local = in_process_rate(json.dumps([ref_to_json(r) for r in refs]), len(refs),
+                                str(tmp_path / "local"))
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        dest = tmp_path / "ds"
-        cfg = IngestConfig("wfdb", tmp_path / "src", str(dest),
-                           shard_bytes=int(args.shard_mb * 2**20), workers=2)
-        summary = run_ingest(cfg, list_refs=lambda corpus, source: get_adapter(
-            "wfdb", record_id="relative_path").list_records(source))
-        ray.shutdown()
-        assert summary.balanced and summary.stored == len(records), summary.lines()
-        print(f"2. ingest, 2 Ray workers: {summary.records_per_s:.0f} records/s "
-              f"(end to end incl. listing, probe, manifest; {summary.shards} shards, "
-              f"{summary.bytes / 2**20:.0f} MiB)")
-        print(f"   floor, wfdb.rdrecord sequential: {floor:.0f} records/s  "
-              f"ratio ingest/floor = {summary.records_per_s / floor:.2f}")
+        one, one_e2e = ray_ingest(tmp_path / "src", tmp_path / "ds1", args.shard_mb, 1)
+        two, two_e2e = ray_ingest(tmp_path / "src", tmp_path / "ds", args.shard_mb, 2)
+        print(f"3. records/s ({len(records)} records; shard writing, and end to end incl. "
+              "listing, probe, manifest)")
+        print(f"   floor, wfdb.rdrecord sequential (1 core): {floor:7.0f}")
+        print(f"   shard function in-process (1 core):      {local:7.0f}  ratio {local / floor:.2f}")
+        print(f"   Ray ingest, 1 worker:                    {one:7.0f}  ratio {one / floor:.2f}  "
+              f"(end to end {one_e2e:.0f})")
+        print(f"   Ray ingest, 2 workers:                   {two:7.0f}  per core "
+              f"{two / 2 / floor:.2f}  (end to end {two_e2e:.0f})")
+        print(f"   2 workers / 1 worker: {two / one:.2f}x;  Ray overhead per record, 1 worker: "
+              f"{1000 * (1 / one - 1 / local):.2f} ms")
 
-        n, shard_rate = shards_dataloader(str(dest), 2)
+        long = holter(args.hours, tmp_path / "holter")
+        n_win, win_rate = windows_rate(long, tmp_path / "holter-ds", 2)
+        print(f"4. windows: MIT-BIH 100 repeated to {args.hours:g} h -> {n_win} windows of 10 s, "
+              f"{win_rate:.0f} windows/s end to end (2 workers)")
+        ray.shutdown()
+
+        n, shard_rate = shards_dataloader(str(tmp_path / "ds"), 2)
         wf_seq = wfdb_sequential(records)
         wf_dl = wfdb_dataloader(records, 2)
-        print(f"3. training read, shards via webdataset + DataLoader(2 workers): "
+        print(f"5. training read, shards via webdataset + DataLoader(2 workers): "
               f"{shard_rate:.0f} samples/s ({n} samples)")
         print(f"   WFDB files, wfdb.rdrecord sequential: {wf_seq:.0f} samples/s  "
               f"ratio = {shard_rate / wf_seq:.2f}")

@@ -156,24 +156,30 @@ def _map_leads(header: HeaderInfo, digital: np.ndarray, slots: dict[int, int],
     baselines = np.zeros(N_LEADS, dtype=np.float64)
     mask = np.zeros(N_LEADS, dtype=bool)
     flags: dict[str, list[str]] = {}
+    present: list[tuple[int, ChannelInfo, float]] = []     # (lead, channel, ADC units per mV)
     for i, name in enumerate(LEADS):
         c = slots.get(i)
         if c is None:
             flags[name] = ["absent"]
             continue
         ch: ChannelInfo = header.channels[c]
-        mv_per_unit = ch.mv_per_unit
-        if mv_per_unit is None:
+        if ch.mv_per_unit is None:
             flags[name] = ["non_voltage_units"]
             continue
-        gain_mv = float(ch.gain) / mv_per_unit
-        x = digital[:, c].copy()
-        lead_flags, invalid = lead_problems(x, ch.invalid_value(), ch.digital_limits(),
-                                            gain_mv, vcfg)
-        x[invalid] = ch.baseline          # 0 mV: keeps the int16 path and the samples' timing
-        leads[i], gains[i], baselines[i] = x, gain_mv, ch.baseline
+        present.append((i, ch, float(ch.gain) / ch.mv_per_unit))
+        leads[i] = digital[:, c]
+    if not present:
+        return leads, gains, baselines, mask, flags
+    rows = [i for i, _, _ in present]
+    checks = lead_problems(leads[rows], [ch.invalid_value() for _, ch, _ in present],
+                           [ch.digital_limits() for _, ch, _ in present],
+                           [g for _, _, g in present], vcfg)
+    for (i, ch, gain_mv), (lead_flags, invalid) in zip(present, checks):
+        if invalid is not None:
+            leads[i, invalid] = ch.baseline   # 0 mV: keeps the int16 path and the samples' timing
+        gains[i], baselines[i] = gain_mv, ch.baseline
         if lead_flags:
-            flags[name] = lead_flags
+            flags[LEADS[i]] = lead_flags
         mask[i] = not (set(lead_flags) & MASKING_FLAGS)
     return leads, gains, baselines, mask, flags
 

@@ -118,7 +118,7 @@ def parse_header(text: str, where: str) -> HeaderInfo:
     body = [ln for ln in lines if ln and not ln.startswith("#")]
     if not body:
         raise Reject("garbled_header", f"{where}: no record line")
-    if any(not ch.isprintable() for ln in body for ch in ln):
+    if not all(ln.isprintable() for ln in body):
         raise Reject("garbled_header", f"{where}: non-printable bytes in the record/signal lines")
     rec = body[0].split()
     name = rec[0]
@@ -314,7 +314,8 @@ def _read_plain_16bit(header: HeaderInfo, start: int = 0,
     if x.size != count:
         raise Reject("header_length_mismatch", f"{path}: {x.size // header.n_sig} samples per "
                                                f"channel, {header.path} declares {header.sig_len}")
-    return x.reshape(n, header.n_sig).astype(np.int64)
+    # [T, n_sig] in column-major order: each channel contiguous, as canonicalisation takes them
+    return x.reshape(n, header.n_sig).T.astype(np.int64).T
 
 
 def read_record(source_path: str) -> RawRecord:

@@ -109,26 +109,43 @@ def check_duration(n_samples: int, fs: float, where: str, cfg: ValidationConfig)
                      f"< {cfg.min_duration_s:g} s")
 
 
-def lead_problems(digital: np.ndarray, invalid_value: int | None, limits: tuple[int, int],
-                  gain_per_mv: float, cfg: ValidationConfig) -> tuple[list[str], np.ndarray]:
-    """Lead-level checks on one lead's digital samples: (flags, invalid-sample mask).
+def lead_problems(digital: np.ndarray, invalid_values: list[int | None],
+                  limits: list[tuple[int, int]], gains_per_mv: list[float],
+                  cfg: ValidationConfig) -> list[tuple[list[str], np.ndarray | None]]:
+    """Lead-level checks on the digital samples of several leads at once (`digital` [k, T],
+    one row per lead, with its invalid value, ADC rails and gain): per lead, its flags and its
+    invalid-sample mask (None when no sample is invalid).
 
     Masking flags are those in MASKING_FLAGS; the caller replaces invalid samples by the
     baseline. Saturation counts samples on the ADC rails (`limits`), not the lead's own range,
-    so a large but unclipped QRS is never called saturated.
+    so a large but unclipped QRS is never called saturated. The leads are checked together
+    (one numpy pass over the block, not twelve): this is the costliest part of a record's
+    ingest after reading it.
     """
-    invalid = (digital == invalid_value) if invalid_value is not None else np.zeros(digital.shape, bool)
-    n_invalid = int(invalid.sum())
-    if n_invalid == digital.size:
-        return ["all_invalid"], invalid
-    flags: list[str] = ["invalid_samples"] if n_invalid else []
-    valid = digital[~invalid]
-    lo, hi = limits
-    at_rail = int(np.count_nonzero((valid <= lo) | (valid >= hi)))
-    if at_rail >= cfg.saturated_fraction * valid.size:
-        flags.append("saturated")
-    elif at_rail:
-        flags.append("clipped_samples")
-    if (int(valid.max()) - int(valid.min())) / gain_per_mv < cfg.flat_ptp_mv:
-        flags.append("flat")
-    return flags, invalid
+    k, t = digital.shape
+    sentinel = np.array([v if v is not None else 0 for v in invalid_values], np.int64)[:, None]
+    has = np.array([v is not None for v in invalid_values])[:, None]
+    invalid = (digital == sentinel) & has
+    n_invalid = invalid.sum(axis=1)
+    lo = np.array([lim[0] for lim in limits], np.int64)[:, None]
+    hi = np.array([lim[1] for lim in limits], np.int64)[:, None]
+    at_rail = (((digital <= lo) | (digital >= hi)) & ~invalid).sum(axis=1)
+    # the range of the valid samples: invalid ones moved out of the way of min and max
+    big = np.iinfo(np.int64)
+    top = np.where(invalid, big.min, digital).max(axis=1) if n_invalid.any() else digital.max(axis=1)
+    bottom = np.where(invalid, big.max, digital).min(axis=1) if n_invalid.any() else digital.min(axis=1)
+    out = []
+    for j in range(k):
+        if n_invalid[j] == t:
+            out.append((["all_invalid"], invalid[j]))
+            continue
+        flags: list[str] = ["invalid_samples"] if n_invalid[j] else []
+        valid = t - int(n_invalid[j])
+        if at_rail[j] >= cfg.saturated_fraction * valid:
+            flags.append("saturated")
+        elif at_rail[j]:
+            flags.append("clipped_samples")
+        if (int(top[j]) - int(bottom[j])) / gains_per_mv[j] < cfg.flat_ptp_mv:
+            flags.append("flat")
+        out.append((flags, invalid[j] if n_invalid[j] else None))
+    return out
