@@ -61,6 +61,18 @@ def files_sha256(files: list[Path]) -> str:
     return h.hexdigest()
 
 
+def comments_as_text(reader: Reader, path: str) -> str:
+    """A reader's header comments as WFDB comment lines, for `header_text` of formats whose
+    metadata sits in the file itself ("#Age: 52"); "" for an unreadable record, which reading
+    then quarantines with the reason."""
+    from clef_platform.ingest.validate import Reject
+
+    try:
+        return "".join(f"#{c}\n" for c in reader.header(path).comments)
+    except Reject:
+        return ""
+
+
 _READERS: dict[str, Reader] = {}
 _loaded = False
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from clef_platform.ingest.read import ChannelInfo, HeaderInfo
-from clef_platform.ingest.readers import files_sha256, register
+from clef_platform.ingest.readers import comments_as_text, files_sha256, register
 from clef_platform.ingest.validate import Reject
 
 FS = 500.0
@@ -58,10 +58,7 @@ class CpscMatReader:
                           comments=tuple(c for c in comments if c))
 
     def header_text(self, path: str) -> str:
-        try:
-            return "".join(f"#{c}\n" for c in self.header(path).comments)
-        except Reject:
-            return ""           # reading the record quarantines it with the reason
+        return comments_as_text(self, path)
 
     def read(self, header: HeaderInfo, path: str, start: int = 0, length: int | None = None):
         _, _, data = _load(Path(header.path))

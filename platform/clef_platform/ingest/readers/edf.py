@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from clef_platform.ingest.read import ChannelInfo, HeaderInfo, iso_datetime
-from clef_platform.ingest.readers import files_sha256, register
+from clef_platform.ingest.readers import comments_as_text, files_sha256, register
 from clef_platform.ingest.validate import Reject
 
 
@@ -83,10 +83,7 @@ class EdfReader:
         return tuple(out)
 
     def header_text(self, path: str) -> str:
-        try:
-            return "".join(f"#{c}\n" for c in self.header(path).comments)
-        except Reject:
-            return ""           # reading the record quarantines it with the reason
+        return comments_as_text(self, path)
 
     def read(self, header: HeaderInfo, path: str, start: int = 0, length: int | None = None):
         n = header.sig_len - start if length is None else length
