@@ -14,7 +14,6 @@ unknown corpus or a source without records.
 from __future__ import annotations
 
 import argparse
-import logging
 import re
 import sys
 from pathlib import Path
@@ -151,16 +150,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def data_card(dest: str) -> str:
     """Write the committed dataset's data card; the summary line saying where it is. A card
-    that fails leaves the dataset as good as it was, so the ingest's status stands: the line
-    says so and how to render it again, the traceback goes to the job's log file."""
+    that cannot be written fails the job (exit 1) with one line saying the dataset itself is
+    committed and how to render the card again."""
     from clef_platform.layout.datacard import write_data_card
+    from clef_platform.layout.errors import DatasetError
 
     try:
         return f"data card: {write_data_card(dest)}"
-    except Exception as e:  # noqa: BLE001 - the dataset is committed; the card is a report
-        logging.getLogger("ingest").error("data card of %s not written", dest, exc_info=True)
-        return (f"data card: not written ({type(e).__name__}: {e}); render it with "
-                f"jobs/datacard.py --data {dest}")
+    except (OSError, ValueError, DatasetError) as e:
+        raise cli.Failure(f"dataset {dest} is committed, but its data card was not written "
+                          f"({type(e).__name__}: {e}); render it with jobs/datacard.py "
+                          f"--data {dest}") from None
 
 
 if __name__ == "__main__":

@@ -251,9 +251,13 @@ def test_strings_from_data_are_escaped_on_the_page():
     assert parser.srcs == ["labels.png"]      # the only <img>: the section's own figure
 
 
-def test_a_card_that_cannot_be_written_leaves_the_ingest_status_and_says_how_to_retry(tmp_path):
+def test_a_card_that_cannot_be_written_fails_the_job_saying_the_dataset_is_committed(tmp_path):
+    from clef_platform import cli
     from tests.helpers import load_job
 
-    line = load_job("ingest").data_card(str(tmp_path))    # no committed dataset there
-    assert line.startswith("data card: not written (DatasetError: ")
+    with pytest.raises(cli.Failure) as err:
+        load_job("ingest").data_card(str(tmp_path))    # no committed dataset there
+    line = str(err.value)
+    assert line.startswith(f"dataset {tmp_path} is committed, but its data card was not "
+                           "written (DatasetError: ")
     assert line.endswith(f"render it with jobs/datacard.py --data {tmp_path}")
