@@ -296,6 +296,12 @@ class Bed:
 
     # ---- building and removing the bed
     def up(self) -> "Bed":
+        # Each host's /tmp is a fresh tmpfs mounted over the machine's: a checkout under /tmp
+        # would vanish inside every host ("mount: /tmp/...: mount point does not exist")
+        for path in (ROOT, (ROOT / ".venv").resolve()):
+            if path == Path("/tmp") or Path("/tmp") in path.parents:
+                raise RuntimeError(f"testbed: {path} is under /tmp, which every bed host replaces "
+                                   "with its own; put the checkout (and its .venv) elsewhere")
         left = clean_leftovers()
         if left:
             print(f"testbed: removed a previous bed's leftovers: {', '.join(left)}", file=sys.stderr)
