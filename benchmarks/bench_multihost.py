@@ -29,7 +29,9 @@ def _last_report(bed, run: str) -> dict:
     """The last training report in the run's checkpoint record on S3."""
     snap = json.loads(bed.s3("w1", f"print(s3.get_object(Bucket='clef', Key='runs/{run}/"
                                    "checkpoint_manager_snapshot.json')['Body'].read().decode())"))
-    return testbed.training_reports(snap, key="samples_per_s")[-1]
+    from clef_platform.layout.train_snapshot import loop_reports
+
+    return loop_reports(snap, key="samples_per_s")[-1]
 
 
 def _records(bed, key: str) -> int:

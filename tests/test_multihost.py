@@ -106,7 +106,9 @@ def _worker_addresses(bed) -> set[str]:
 
 def _reports(snap) -> list[dict]:
     """The training reports in a checkpoint record (dicts with the loop's figures)."""
-    return testbed.training_reports(snap, key="workers")
+    from clef_platform.layout.train_snapshot import loop_reports
+
+    return loop_reports(snap, key="workers")
 
 
 def _s3_keys(bed, prefix: str) -> list[str]:

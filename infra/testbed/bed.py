@@ -148,25 +148,6 @@ def processes_in(inodes: set[int]) -> list[int]:
     return found
 
 
-def training_reports(snapshot, key: str = "step") -> list[dict]:
-    """The training loop's reports found anywhere in Ray's checkpoint record (a parsed
-    checkpoint_manager_snapshot.json), by step. Ray nests them at no fixed depth, so walk it."""
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if key in node and "step" in node:
-                found.append(node)
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(snapshot)
-    return sorted(found, key=lambda r: r["step"])
-
-
 def clean_leftovers() -> list[str]:
     """Remove every bed namespace and every process inside one; returns what it removed."""
     removed = []

@@ -42,14 +42,14 @@ def registered_dirs(snap: dict) -> set[str]:
     return {r["checkpoint_dir_name"] for r in snap["checkpoint_results"]}
 
 
-def loop_reports(snap: dict) -> list[dict]:
-    """The loop's reports (dicts with a step and a loss) anywhere in the snapshot, one per step.
+def loop_reports(snap: dict, key: str = "loss") -> list[dict]:
+    """The loop's reports (dicts with a step and `key`) anywhere in the snapshot, one per step.
     Ray keeps them nested, some as JSON text, so the whole document is walked."""
     found = []
 
     def walk(node):
         if isinstance(node, dict):
-            if "step" in node and "loss" in node:
+            if "step" in node and key in node:
                 found.append(node)
             for v in node.values():
                 walk(v)
