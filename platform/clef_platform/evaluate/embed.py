@@ -167,9 +167,6 @@ def excluded_keys(dataset: Dataset, exclude_hashes: frozenset[str]) -> frozenset
     return frozenset(df.loc[hit, "key"])
 
 
-def excluded_count(dataset: Dataset, exclude_hashes: frozenset[str]) -> int:
-    return len(excluded_keys(dataset, exclude_hashes))
-
 
 @dataclass
 class Windows:
@@ -185,7 +182,7 @@ class Windows:
         return np.array([r.get("patient_id") or r["key"] for r in self.records])
 
 
-def _shards(dataset: Dataset, lead_index: int, window: int, exclude_hashes: frozenset[str],
+def _shards(dataset: Dataset, lead_index: int, window: int, exclude_keys: frozenset[str],
             verify_records: bool):
     """Ray Data: one block per shard -> one row per kept record (verified reads)."""
     import ray
@@ -196,8 +193,7 @@ def _shards(dataset: Dataset, lead_index: int, window: int, exclude_hashes: froz
     ds = ray.data.from_items(shards, override_num_blocks=len(shards))
     ds = ds.flat_map(_shard_views, fn_kwargs=dict(
         store_url=dataset.store.url, lead_index=lead_index, window=window,
-        exclude_keys=excluded_keys(dataset, exclude_hashes), verify_records=verify_records),
-        num_cpus=0.25)
+        exclude_keys=exclude_keys, verify_records=verify_records), num_cpus=0.25)
     # Raise what a task raised (RayTaskError(DatasetError)), not Ray Data's UserCodeException
     # wrapper, so a damaged shard reaches the caller as the DatasetError naming it.
     ds.context.raise_original_map_exception = True
@@ -229,12 +225,13 @@ def read_windows(dataset: Dataset, lead_index: int, window: int,
     """The cropped windows of every record of `dataset` not excluded for leakage (by key);
     the same verified read as `extract`. A damaged shard raises DatasetError naming it."""
     t0 = time.perf_counter()
-    rows = _usable(_take_all(_shards(dataset, lead_index, window, exclude_hashes,
+    excluded = excluded_keys(dataset, exclude_hashes)
+    rows = _usable(_take_all(_shards(dataset, lead_index, window, excluded,
                                      verify_records)), dataset, lead_index)
     X = (np.stack([np.asarray(r["x"], dtype=np.float32) for r in rows]) if rows
          else np.zeros((0, window), np.float32))
     return Windows(records=[json.loads(r["meta_json"]) for r in rows], X=X,
-                   n_excluded=excluded_count(dataset, exclude_hashes),
+                   n_excluded=len(excluded),
                    seconds=time.perf_counter() - t0)
 
 
@@ -248,9 +245,10 @@ def extract(dataset: Dataset, spec: ModelSpec, lead_index: int, window: int,
     import ray
 
     t0 = time.perf_counter()
-    n_excluded = excluded_count(dataset, exclude_hashes)
+    excluded = excluded_keys(dataset, exclude_hashes)
+    n_excluded = len(excluded)
     actors = actors or default_actors()
-    ds = _shards(dataset, lead_index, window, exclude_hashes, verify_records)
+    ds = _shards(dataset, lead_index, window, excluded, verify_records)
     ds = ds.map_batches(_Embedder, fn_constructor_kwargs={"spec": spec,
                                                           "threads": threads_per_actor},
                         compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size,
