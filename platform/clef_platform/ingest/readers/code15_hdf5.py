@@ -12,6 +12,7 @@ was checked only on the project's artificial fixture, not on a real CODE-15 file
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -35,11 +36,19 @@ def _split(path: str) -> tuple[Path, int]:
 
 
 def _row(file: Path, row: int) -> np.ndarray:
-    """The row's tracing [4096, 12] as stored."""
-    import h5py
-
+    """The row's tracing [4096, 12] as stored. Header, samples and digest of a record come from
+    one read (the last row's, while its file is unchanged)."""
     if not file.is_file():
         raise Reject("missing_signal_file", f"{file} does not exist")
+    st = file.stat()
+    return _row_unchanged(str(file), row, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _row_unchanged(name: str, row: int, mtime_ns: int, size: int) -> np.ndarray:
+    import h5py
+
+    file = Path(name)
     try:
         with h5py.File(file, "r") as f:
             tracings = f["tracings"]
@@ -48,7 +57,9 @@ def _row(file: Path, row: int) -> np.ndarray:
                                                "expected [N, samples, 12]")
             if row >= tracings.shape[0]:
                 raise Reject("bad_reference", f"{file}: no row {row} ({tracings.shape[0]} rows)")
-            return np.asarray(tracings[row])
+            x = np.asarray(tracings[row])
+            x.setflags(write=False)     # shared by the calls the cache answers
+            return x
     except OSError as e:
         raise Reject("garbled_header", f"{file}: not a readable HDF5 file: {e}") from None
     except KeyError as e:

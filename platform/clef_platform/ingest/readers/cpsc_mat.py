@@ -9,6 +9,7 @@ file cannot be read in part: a record (at most a minute here) is loaded whole, t
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,19 @@ UNITS_PER_MV = 1000.0
 
 
 def _load(file: Path) -> tuple[str, object, np.ndarray]:
-    """(sex, age, data [12, N] float64) of one file; Reject naming what is wrong."""
-    from scipy.io import loadmat
-
+    """(sex, age, data [12, N] float64) of one file; Reject naming what is wrong. The header
+    and the samples of a record come from one load (the last file's, while it is unchanged)."""
     if not file.is_file():
         raise Reject("missing_signal_file", f"{file} does not exist")
+    st = file.stat()
+    return _load_unchanged(str(file), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_unchanged(name: str, mtime_ns: int, size: int) -> tuple[str, object, np.ndarray]:
+    from scipy.io import loadmat
+
+    file = Path(name)
     try:
         ecg = loadmat(str(file))["ECG"]
         sex, age, data = (ecg[k][0, 0] for k in ("sex", "age", "data"))
@@ -38,6 +47,7 @@ def _load(file: Path) -> tuple[str, object, np.ndarray]:
     if data.ndim != 2 or data.shape[0] != len(LEADS) or not np.issubdtype(data.dtype, np.number):
         raise Reject("garbled_header", f"{file}: ECG.data is {data.dtype} {data.shape}, "
                                        f"expected 12 x N numbers")
+    data.setflags(write=False)          # shared by the calls the cache answers
     return (str(np.ravel(sex)[0]) if np.size(sex) else "",
             np.ravel(age)[0] if np.size(age) else None, data)
 
