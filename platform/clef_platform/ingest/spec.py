@@ -36,7 +36,7 @@ import yaml
 
 from clef_platform.ingest.adapters._common import (header_meta, iso_time, parse_age, parse_sex,
                                                    safe_id)
-from clef_platform.ingest.readers import MEMBER_SEP, get_reader
+from clef_platform.ingest.readers import MEMBER_SEP, get_reader, readers
 from clef_platform.ingest.record import RecordRef
 from clef_platform.ingest.windows import WindowPolicy, parse_policy, window_refs
 
@@ -46,8 +46,6 @@ CORPORA_DIR = Path(__file__).resolve().parents[3] / "corpora"
 def formats() -> dict[str, str]:
     """Format name -> the file a spec's `records` glob matches for one record (the readers
     registered in clef_platform.ingest.readers)."""
-    from clef_platform.ingest.readers import readers
-
     return {name: r.suffix for name, r in readers().items()}
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")

@@ -51,10 +51,6 @@ class Window:
     fs: float                   # the parent's sampling rate
     parent_sha256: str
 
-    @property
-    def start_s(self) -> float:
-        return self.start / self.fs
-
 
 def parse_policy(raw, fail) -> WindowPolicy:
     """A checked policy from a spec's `windows:` mapping; `fail(field, reason)` builds the error."""

@@ -67,7 +67,6 @@ def linger(temp_dir: Path, wait_s: float = 30.0) -> None:
     if not _started_with_agent:
         return
     import time
-    import urllib.request
 
     import ray
 
