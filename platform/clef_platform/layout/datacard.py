@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from clef_model.leads import LEADS
+from clef_platform.layout.pages import IMAGES_OK_SCRIPT
 from clef_platform.layout.dataset import Dataset, DatasetError, open_dataset, read_quarantine
 from clef_platform.layout.shards import read_shard
 
@@ -438,9 +439,7 @@ figure{{display:inline-block;margin:1em 0}} img{{max-width:100%}}</style></head>
 dataset digest <code>{e(card["dataset_digest"])}</code></p>
 <ul>{toc}</ul>
 {"".join(parts)}
-<script>window.addEventListener("load", () => {{
-  document.body.dataset.imagesOk = [...document.images].every(i => i.complete && i.naturalWidth > 0);
-}});</script>
+{IMAGES_OK_SCRIPT}
 </body></html>
 """
 

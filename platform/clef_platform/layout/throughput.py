@@ -9,6 +9,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from clef_platform.layout.pages import IMAGES_OK_SCRIPT
 from clef_platform.storage import open_store
 
 REPORT = "report"
@@ -48,9 +49,7 @@ img{{width:560px}}</style></head>
 <p id="source">Figures from {html.escape(source)}, {start:.0f} to {end:.0f} (Unix seconds).</p>
 {figs}
 {"<h2>Not drawn</h2><ul>" + gaps + "</ul>" if gaps else ""}
-<script>window.addEventListener("load", () => {{
-  document.body.dataset.imagesOk = [...document.images].every(i => i.complete && i.naturalWidth > 0);
-}});</script>
+{IMAGES_OK_SCRIPT}
 </body></html>
 """
     store.put_bytes("index.html", page.encode())
