@@ -148,15 +148,19 @@ def _ecg_time_from_header(ref: RecordRef, header: HeaderInfo, record_flags: list
 
 def _map_leads(header: HeaderInfo, digital: np.ndarray, slots: dict[int, int],
                vcfg: ValidationConfig):
-    """Source channels -> canonical rows (int64, source fs) with gain (ADC/mV), baseline,
-    mask and per-lead flags."""
+    """Source channels -> canonical rows (integer, source fs) with gain (ADC/mV), baseline,
+    mask and per-lead flags.
+
+    The rows keep the reader's dtype (int16 for 16-bit files) when every baseline fits it, so
+    a 16-bit record goes to storage without widening; a source already in canonical lead
+    order is used as it is (a view of the samples, which the reader made for this record).
+    """
     t = digital.shape[0]
-    leads = np.zeros((N_LEADS, t), dtype=np.int64)
     gains = np.ones(N_LEADS, dtype=np.float64)
     baselines = np.zeros(N_LEADS, dtype=np.float64)
     mask = np.zeros(N_LEADS, dtype=bool)
     flags: dict[str, list[str]] = {}
-    present: list[tuple[int, ChannelInfo, float]] = []     # (lead, channel, ADC units per mV)
+    present: list[tuple[int, int, ChannelInfo, float]] = []   # (lead, channel, info, ADC/mV)
     for i, name in enumerate(LEADS):
         c = slots.get(i)
         if c is None:
@@ -166,15 +170,26 @@ def _map_leads(header: HeaderInfo, digital: np.ndarray, slots: dict[int, int],
         if ch.mv_per_unit is None:
             flags[name] = ["non_voltage_units"]
             continue
-        present.append((i, ch, float(ch.gain) / ch.mv_per_unit))
-        leads[i] = digital[:, c]
+        present.append((i, c, ch, float(ch.gain) / ch.mv_per_unit))
+    dtype = digital.dtype
+    info = np.iinfo(dtype)
+    if not all(info.min <= ch.baseline <= info.max for _, _, ch, _ in present):
+        dtype = np.dtype(np.int64)
+    rows = [i for i, _, _, _ in present]
+    if (rows == list(range(N_LEADS)) and [c for _, c, _, _ in present] == rows
+            and digital.shape[1] == N_LEADS and digital.dtype == dtype):
+        leads = digital.T                 # canonical order already: no copy
+    else:
+        leads = np.zeros((N_LEADS, t), dtype=dtype)
+        for i, c, _, _ in present:
+            leads[i] = digital[:, c]
     if not present:
         return leads, gains, baselines, mask, flags
-    rows = [i for i, _, _ in present]
-    checks = lead_problems(leads[rows], [ch.invalid_value() for _, ch, _ in present],
-                           [ch.digital_limits() for _, ch, _ in present],
-                           [g for _, _, g in present], vcfg)
-    for (i, ch, gain_mv), (lead_flags, invalid) in zip(present, checks):
+    checks = lead_problems(leads[rows] if len(rows) < N_LEADS else leads,
+                           [ch.invalid_value() for _, _, ch, _ in present],
+                           [ch.digital_limits() for _, _, ch, _ in present],
+                           [g for _, _, _, g in present], vcfg)
+    for (i, _, ch, gain_mv), (lead_flags, invalid) in zip(present, checks):
         if invalid is not None:
             leads[i, invalid] = ch.baseline   # 0 mV: keeps the int16 path and the samples' timing
         gains[i], baselines[i] = gain_mv, ch.baseline
@@ -200,15 +215,19 @@ def _to_int16(leads: np.ndarray, gains: np.ndarray, baselines: np.ndarray,
               flags: dict[str, list[str]]):
     """int16 storage: lossless when a lead's values fit (all 16-bit formats do); otherwise
     centred on the baseline and, only if still too wide, re-quantised with a finer scale."""
+    if leads.dtype == np.int16:
+        return leads, gains, baselines    # a 16-bit source: stored as read
     gains, baselines = gains.copy(), baselines.copy()
     out = np.empty(leads.shape, dtype=np.int16)
-    for i in range(leads.shape[0]):
-        x = leads[i]
-        if x.size == 0 or (x.min() >= INT16_MIN and x.max() <= INT16_MAX):
+    if leads.shape[1] == 0:
+        return out, gains, baselines
+    lows, highs = leads.min(axis=1).tolist(), leads.max(axis=1).tolist()
+    for i, x in enumerate(leads):
+        if lows[i] >= INT16_MIN and highs[i] <= INT16_MAX:
             out[i] = x
             continue
         centred = x - int(baselines[i])
-        peak = int(np.abs(centred).max())
+        peak = max(abs(lows[i] - int(baselines[i])), abs(highs[i] - int(baselines[i])))
         if peak <= INT16_MAX:
             out[i] = centred
         else:

@@ -94,7 +94,7 @@ class HeaderInfo:
 @dataclass
 class RawRecord:
     header: HeaderInfo
-    digital: np.ndarray          # int64 [T, n_sig], as wfdb returns with physical=False
+    digital: np.ndarray          # integer [T, n_sig] (read_signals: int16 or int64)
 
 
 def read_header_text(source_path: str) -> tuple[Path, str]:
@@ -271,8 +271,9 @@ def load_header(source_path: str) -> HeaderInfo:
 
 def read_signals(header: HeaderInfo, source_path: str, start: int = 0,
                  length: int | None = None) -> np.ndarray:
-    """Digital samples int64 [T, n_sig] after the signal files passed their checks: the whole
-    record, or `length` samples from `start` (a window: only those samples are read)."""
+    """Digital samples [T, n_sig] after the signal files passed their checks: the whole record,
+    or `length` samples from `start` (a window: only those samples are read). int16 for plain
+    16-bit files, int64 otherwise (wfdb's digital read)."""
     check_signal_files(header, Path(header.path).parent)
     fast = _read_plain_16bit(header, start, length)
     if fast is not None:
@@ -314,8 +315,9 @@ def _read_plain_16bit(header: HeaderInfo, start: int = 0,
     if x.size != count:
         raise Reject("header_length_mismatch", f"{path}: {x.size // header.n_sig} samples per "
                                                f"channel, {header.path} declares {header.sig_len}")
-    # [T, n_sig] in column-major order: each channel contiguous, as canonicalisation takes them
-    return x.reshape(n, header.n_sig).T.astype(np.int64).T
+    # int16 as stored, [T, n_sig] in column-major order: each channel contiguous, as
+    # canonicalisation takes them (one transposing copy; no widening)
+    return np.ascontiguousarray(x.reshape(n, header.n_sig).T).T
 
 
 def read_record(source_path: str) -> RawRecord:

@@ -112,40 +112,41 @@ def check_duration(n_samples: int, fs: float, where: str, cfg: ValidationConfig)
 def lead_problems(digital: np.ndarray, invalid_values: list[int | None],
                   limits: list[tuple[int, int]], gains_per_mv: list[float],
                   cfg: ValidationConfig) -> list[tuple[list[str], np.ndarray | None]]:
-    """Lead-level checks on the digital samples of several leads at once (`digital` [k, T],
-    one row per lead, with its invalid value, ADC rails and gain): per lead, its flags and its
-    invalid-sample mask (None when no sample is invalid).
+    """Lead-level checks on the digital samples of several leads at once (`digital` [k, T] of
+    any integer dtype, one row per lead, with its invalid value, ADC rails and gain): per lead,
+    its flags and its invalid-sample mask (None when no sample is invalid).
 
     Masking flags are those in MASKING_FLAGS; the caller replaces invalid samples by the
     baseline. Saturation counts samples on the ADC rails (`limits`), not the lead's own range,
-    so a large but unclipped QRS is never called saturated. The leads are checked together
-    (one numpy pass over the block, not twelve): this is the costliest part of a record's
-    ingest after reading it.
+    so a large but unclipped QRS is never called saturated.
+
+    Why two paths: this is the costliest part of a record's ingest after reading it. One min
+    and one max per lead (two passes over the block, in its own dtype) settle the common case,
+    a lead whose range touches neither a rail nor the invalid value; only the other leads get
+    sample masks.
     """
-    k, t = digital.shape
-    sentinel = np.array([v if v is not None else 0 for v in invalid_values], np.int64)[:, None]
-    has = np.array([v is not None for v in invalid_values])[:, None]
-    invalid = (digital == sentinel) & has
-    n_invalid = invalid.sum(axis=1)
-    lo = np.array([lim[0] for lim in limits], np.int64)[:, None]
-    hi = np.array([lim[1] for lim in limits], np.int64)[:, None]
-    at_rail = (((digital <= lo) | (digital >= hi)) & ~invalid).sum(axis=1)
-    # the range of the valid samples: invalid ones moved out of the way of min and max
-    big = np.iinfo(np.int64)
-    top = np.where(invalid, big.min, digital).max(axis=1) if n_invalid.any() else digital.max(axis=1)
-    bottom = np.where(invalid, big.max, digital).min(axis=1) if n_invalid.any() else digital.min(axis=1)
+    t = digital.shape[1]
+    lows, highs = digital.min(axis=1).tolist(), digital.max(axis=1).tolist()
     out = []
-    for j in range(k):
-        if n_invalid[j] == t:
-            out.append((["all_invalid"], invalid[j]))
+    for j, row in enumerate(digital):
+        inv, (lo, hi), low, high = invalid_values[j], limits[j], lows[j], highs[j]
+        if low > lo and high < hi and (inv is None or not low <= inv <= high):
+            flat = (high - low) / gains_per_mv[j] < cfg.flat_ptp_mv
+            out.append((["flat"] if flat else [], None))
             continue
-        flags: list[str] = ["invalid_samples"] if n_invalid[j] else []
-        valid = t - int(n_invalid[j])
-        if at_rail[j] >= cfg.saturated_fraction * valid:
+        invalid = row == inv if inv is not None and low <= inv <= high else None
+        n_invalid = int(np.count_nonzero(invalid)) if invalid is not None else 0
+        if n_invalid == t:
+            out.append((["all_invalid"], invalid))
+            continue
+        valid = row[~invalid] if n_invalid else row
+        flags: list[str] = ["invalid_samples"] if n_invalid else []
+        at_rail = int(np.count_nonzero((valid <= lo) | (valid >= hi)))
+        if at_rail >= cfg.saturated_fraction * valid.size:
             flags.append("saturated")
-        elif at_rail[j]:
+        elif at_rail:
             flags.append("clipped_samples")
-        if (int(top[j]) - int(bottom[j])) / gains_per_mv[j] < cfg.flat_ptp_mv:
+        if (int(valid.max()) - int(valid.min())) / gains_per_mv[j] < cfg.flat_ptp_mv:
             flags.append("flat")
-        out.append((flags, invalid[j] if n_invalid[j] else None))
+        out.append((flags, invalid if n_invalid else None))
     return out

@@ -10,7 +10,8 @@ resampling, int16 storage, windows) is the same whatever the format:
                             record's path without the suffix, as WFDB names records
     header_text(path)       bounded text of the record's metadata in WFDB comment style
                             ("#Age: 52"), for a spec's header_comments at listing time
-    read(header, path, start, length)   int64 [T, n_sig]: the whole record, or a window
+    read(header, path, start, length)   integer samples [T, n_sig] (int64, or int16 as a
+                            16-bit file stores them): the whole record, or a window
     source_sha256(header)   SHA-256 of the record's samples as stored (its signal files, or its
                             slice of a many-record file): it names the recording in any dataset
     members(file)           optional, for files holding many records (CODE-15's HDF5): their
