@@ -250,6 +250,42 @@ def race_two_ingests(dest: str, corpus: str, source: Path, shard_bytes: int) -> 
     assert done[0].balanced and open_dataset(dest).digest == done[0].digest
 
 
+def test_shards_run_in_the_workers_slots_never_more_at_once(ray_local, tmp_path):
+    """Ray Data keeps a shard queued per worker (pipeline.worker_slots); the 4-CPU cluster
+    would run 4 at once without the slots bounding them to --workers."""
+    spans = tmp_path / "spans"
+    spans.mkdir()
+
+    def timed(ref):   # the default shard work, each record's start and end noted per process
+        from clef_platform.ingest.pipeline import default_process
+
+        start = time.time()
+        out = default_process(ref)
+        with open(spans / f"{os.getpid()}.txt", "a") as f:
+            f.write(f"{start} {time.time()}\n")
+        return out
+
+    summary = run_ingest(IngestConfig("ludb", LUDB, str(tmp_path / "ds"), shard_bytes=SHARD_BYTES,
+                                      workers=2, cpus_per_worker=1.0), process=timed)
+    assert summary.balanced and summary.shards_written > 4
+    events = sorted((float(t), step) for f in spans.iterdir() for line in f.read_text().split("\n")
+                    if line for t, step in zip(line.split(), (1, -1)))
+    running, most = 0, 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    assert most == 2, f"{most} records were being processed at once with --workers 2"
+
+
+def test_more_workers_than_the_cluster_can_hold_is_refused_naming_the_option(ray_local, tmp_path):
+    from clef_platform.cli import UsageError
+
+    with pytest.raises(UsageError, match=r"--workers 5 x --cpus-per-worker 1: .* has 4"):
+        ingest("ludb", LUDB, tmp_path / "ds", workers=5, cpus_per_worker=1.0,
+               slots_timeout_s=2.0)
+    assert not (tmp_path / "ds" / MANIFEST_KEY).exists()
+
+
 def test_two_ingests_racing_for_one_destination(ray_local, tmp_path):
     race_two_ingests(str(tmp_path / "raced"), "cinc2021", CINC, SHARD_BYTES)
 
