@@ -115,7 +115,7 @@ def alive(pid: int) -> bool:
     # a zombie child of ours is dead for every purpose here; reap it
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):   # gone between the signal and the read
         return False
     if state == "Z":
         try:
