@@ -5,6 +5,7 @@
   age and sex from the struct, values within 0.5 uV of the file's millivolts.
 - EDF+ written by pyedflib from real LUDB signals (record 1): leads by label, start time, sex
   and age from the patient field, the file's physical values; windows read only their span.
+- BDF+ (24-bit) written the same way: re-quantised to int16 per lead, within half a step.
 - A single-lead strip at 300 Hz (AliveCor-style): built from real LUDB signal (record 1,
   lead I, resampled to 300 Hz and written as a one-channel WFDB record; a fixture from a real
   signal, not a real 300 Hz recording): lead I kept, the other eleven masked.
@@ -114,22 +115,25 @@ def test_a_single_lead_strip_keeps_one_lead_and_masks_eleven(tmp_path):
     assert json.dumps(out.quality_flags)      # plain JSON, as the manifest stores it
 
 
-def _edf_from_ludb(folder: Path, record: str = "1") -> Path:
-    """LUDB record `record` (12 leads, 500 Hz, mV) written as EDF+ by pyedflib, the reader's own
-    library, with physical range +-10 mV over 16 bits, sex and birth date in the patient field."""
+def _edf_from_ludb(folder: Path, record: str = "1", kind: str = "edf") -> Path:
+    """LUDB record `record` (12 leads, 500 Hz, mV) written as EDF+ (16-bit) or BDF+ (24-bit) by
+    pyedflib, the reader's own library, with physical range +-10 mV over the format's digital
+    range, sex and birth date in the patient field."""
     import datetime as dt
 
     import pyedflib
 
     src = wfdb.rdrecord(str(REPO / "data" / "ludb" / "data" / record))
     folder.mkdir(exist_ok=True)
-    path = folder / f"ludb{record}.edf"
-    w = pyedflib.EdfWriter(str(path), len(src.sig_name), file_type=pyedflib.FILETYPE_EDFPLUS)
+    path = folder / f"ludb{record}.{kind}"
+    file_type, bits = {"edf": (pyedflib.FILETYPE_EDFPLUS, 16),
+                       "bdf": (pyedflib.FILETYPE_BDFPLUS, 24)}[kind]
+    w = pyedflib.EdfWriter(str(path), len(src.sig_name), file_type=file_type)
     try:
         w.setSignalHeaders([{"label": name.upper() if name.lower() != "avr" else "aVR",
                              "dimension": "mV", "sample_frequency": 500,
                              "physical_max": 10.0, "physical_min": -10.0,
-                             "digital_max": 32767, "digital_min": -32768}
+                             "digital_max": 2 ** (bits - 1) - 1, "digital_min": -2 ** (bits - 1)}
                             for name in src.sig_name])
         w.setSex(1)
         w.setBirthdate(dt.date(1970, 6, 1))
@@ -166,6 +170,31 @@ def test_an_edf_file_reads_with_its_leads_time_sex_and_values(tmp_path):
     for c, name in enumerate(ludb.sig_name):
         assert np.abs(out.millivolts()[lead_index(name)] - ludb.p_signal[:, c]).max() \
             <= quantum + 1e-6
+
+
+def test_a_bdf_file_is_stored_in_16_bits_within_half_a_step_of_its_24_bit_values(tmp_path):
+    """BDF's 24-bit samples do not fit int16: each lead is centred and re-quantised to its own
+    peak (flagged), so the stored millivolts are within half that step of the file's."""
+    import pyedflib
+
+    path = _edf_from_ludb(tmp_path / "bdf", kind="bdf")
+    spec = parse_spec({"name": "holter-bdf", "format": "bdf", "records": "*.bdf",
+                       "header_comments": True}, "bdf.yaml")
+    ref, = SpecAdapter(spec).list_records(path.parent)
+    assert ref.record_id == "ludb1" and ref.sex == "M" and ref.age == 49
+    out = process_record(ref)
+    assert isinstance(out, CanonicalRecord), out
+    assert out.fs_original == 500.0 and out.digital.shape == (12, 5000) and out.lead_mask.all()
+    f = pyedflib.EdfReader(str(path))
+    try:
+        for c, label in enumerate(f.getSignalLabels()):
+            i = lead_index(label)
+            assert "requantised_int16" in out.quality_flags[LEADS[i]]
+            step = 1.0 / float(out.gain[i])                # mV per stored unit
+            assert np.abs(out.millivolts()[i] - f.readSignal(c)).max() <= step / 2 + 1e-6
+            assert step < 1e-3                             # finer than 1 uV on LUDB's amplitudes
+    finally:
+        f.close()
 
 
 def test_an_edf_window_reads_only_its_samples(tmp_path):
