@@ -406,10 +406,12 @@ class Bed:
         """Alive Ray nodes as the GCS sees them (asked from the head host)."""
         code = ("import json,ray\n"
                 "ray.init(address='auto',log_to_driver=False,configure_logging=False)\n"
-                "print(json.dumps([{'ip':n['NodeManagerAddress'],'cpus':n['Resources'].get('CPU',0)}"
-                " for n in ray.nodes() if n['Alive']]))\n")
+                "print('nodes:', json.dumps([{'ip':n['NodeManagerAddress'],"
+                "'cpus':n['Resources'].get('CPU',0)} for n in ray.nodes() if n['Alive']]))\n")
         p = self.exec("head", ["python", "-c", code], timeout=120)
-        return json.loads(p.stdout.strip().splitlines()[-1])
+        # Ray may print its own notices on stdout too (seen: "raylet has lagging heartbeats")
+        line = next(ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("nodes: "))
+        return json.loads(line.removeprefix("nodes: "))
 
     def wait_nodes(self, n: int, timeout: float = 240) -> list[dict]:
         deadline = time.monotonic() + timeout
