@@ -6,12 +6,13 @@ Prints, in one run:
      resample, int16, hash, encode, tar, upload), profiled in-process
   3. records/s per core against the floor of reading the same WFDB files sequentially with
      wfdb.rdrecord (ratio): the shard function in-process, the Ray ingest with 1 worker, and
-     with 2 workers (and 2 workers against 1: the scaling ratio); Ray overhead per record
+     with 2 workers (and 2 workers against 1: the scaling ratio, beside what two independent
+     reading processes get on this machine); Ray overhead per record
   4. windows/s: MIT-BIH 100 repeated to several hours, ingested as 10 s windows
   5. training-read samples/s from the shards (webdataset, torch DataLoader, 2 workers) vs
      reading the WFDB files (sequentially, and through a DataLoader with 2 workers) (ratios)
 
-    .venv/bin/python benchmarks/bench_ingest.py [--copies 10] [--shard-mb 32] [--hours 4]
+    .venv/bin/python benchmarks/bench_ingest.py [--copies 10] [--shard-mb 32] [--hours 4] [--reps 3]
 
 Keep it under ~5 minutes on 2 cores. Reads the project's bundled data/ludb and data/mitdb-100.
 """
@@ -92,6 +93,30 @@ def wfdb_sequential(records: list[Path]) -> float:
     return len(records) / (time.perf_counter() - t)
 
 
+def _floor_in_child(records: list[Path], out) -> None:
+    out.put(wfdb_sequential(records))
+
+
+def two_readers(records: list[Path]) -> tuple[float, float]:
+    """(records/s of one reading process, of two reading the same records at once): what this
+    machine's 2 cores give two independent processes, the ceiling for 2 workers / 1 worker."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    rates = []
+    for n in (1, 2):
+        procs = [ctx.Process(target=_floor_in_child, args=(records, q)) for _ in range(n)]
+        t = time.perf_counter()
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        got = [q.get() for _ in procs]
+        rates.append(sum(got) if n == 1 else n * len(records) / (time.perf_counter() - t))
+    return rates[0], rates[1]
+
+
 class _WfdbDataset:
     def __init__(self, records: list[Path]) -> None:
         self.records = [str(r) for r in records]
@@ -134,7 +159,8 @@ STAGES = {
     "validate": [("canonical.py", "_validate_header"), ("canonical.py", "_map_leads")],
     "resample": [("canonical.py", "_resample")],
     "int16": [("canonical.py", "_to_int16")],
-    "hash": [("shards.py", "signal_sha256"), ("readers/wfdb.py", "source_sha256")],
+    "hash": [("shards.py", "signal_sha256"), ("readers/wfdb.py", "source_sha256"),
+             ("digests.py", "sha256_file")],
     "encode": [("shards.py", "encode_record")],
     "tar": [("shards.py", "add")],
     "upload": [("storage.py", "put_file"), ("dataset.py", "write_part")],
@@ -225,6 +251,7 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=10, help="LUDB copies (200 records each)")
     ap.add_argument("--shard-mb", type=float, default=32.0)
     ap.add_argument("--hours", type=float, default=4.0, help="length of the repeated Holter record")
+    ap.add_argument("--reps", type=int, default=3, help="interleaved 1- and 2-worker ingests")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -250,41 +277,56 @@ def main() -> None:
         for stage, ms in stages.items():
             print(f"   {stage:9s} {ms:6.3f} ms  {100 * ms / total:5.1f} %")
 
-        floor = wfdb_sequential(records)
         local = in_process_rate(json.dumps([ref_to_json(r) for r in refs]), len(refs),
                                 str(tmp_path / "local"))
+        local_floor = wfdb_sequential(records)
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        # A first ingest in a process pays Ray Data's start and its workers' imports (seen:
-        # 3.5 s before the first shard, against 1.7 s after): one small warm-up ingest, then
-        # 1 and 2 workers interleaved, twice, and the mean of each.
+        # A first ingest in a process pays Ray Data's start and its workers' imports: one small
+        # warm-up ingest, then 1 and 2 workers interleaved `--reps` times. This VM's speed drifts
+        # by a third within minutes, so each run's floor is read just before and after it (the
+        # mean of the two), and each ratio is taken against its own run's floor.
         warm = replicate(ludb_source(), tmp_path / "warm-src", 1)
         ray_ingest(tmp_path / "warm-src", tmp_path / "warm-ds", args.shard_mb, 2)
-        runs: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
-        for rep in range(2):
+        floor_sample = records[:1000]
+        runs: dict[int, list[tuple[float, float, float]]] = {1: [], 2: []}
+        for rep in range(args.reps):
             for w in (1, 2):
-                dest = tmp_path / ("ds" if (rep, w) == (1, 2) else f"ds-{rep}-{w}")
-                runs[w].append(ray_ingest(tmp_path / "src", dest, args.shard_mb, w))
-        one, one_e2e = (float(np.mean([r[i] for r in runs[1]])) for i in (0, 1))
-        two, two_e2e = (float(np.mean([r[i] for r in runs[2]])) for i in (0, 1))
+                dest = tmp_path / ("ds" if (rep, w) == (0, 2) else f"ds-{rep}-{w}")
+                before = wfdb_sequential(floor_sample)
+                rate, e2e = ray_ingest(tmp_path / "src", dest, args.shard_mb, w)
+                runs[w].append((rate, e2e, (before + wfdb_sequential(floor_sample)) / 2))
+        per_core = {w: [r / w / f for r, _, f in runs[w]] for w in (1, 2)}
+        scaling = [b[0] / a[0] for a, b in zip(runs[1], runs[2])]
+        one, two = (float(np.median([r[0] for r in runs[w]])) for w in (1, 2))
+        one_e2e, two_e2e = (float(np.median([r[1] for r in runs[w]])) for w in (1, 2))
+        floor = float(np.median([r[2] for w in (1, 2) for r in runs[w]]))
         _ = warm
-        print(f"3. records/s ({len(records)} records; shard writing, and end to end incl. "
-              "listing, probe, manifest)")
-        print(f"   floor, wfdb.rdrecord sequential (1 core): {floor:7.0f}")
-        print(f"   shard function in-process (1 core):      {local:7.0f}  ratio {local / floor:.2f}")
-        print(f"   Ray ingest, 1 worker:                    {one:7.0f}  ratio {one / floor:.2f}  "
-              f"(end to end {one_e2e:.0f})")
+        print(f"3. records/s ({len(records)} records, {args.shard_mb:g} MB shards; shard writing, "
+              f"and end to end incl. listing, probe, manifest; median of {args.reps} runs)")
+        print(f"   floor, wfdb.rdrecord sequential (1 core): {floor:7.0f}  (around the Ray runs)")
+        print(f"   shard function in-process (1 core):      {local:7.0f}  ratio "
+              f"{local / local_floor:.2f}  (floor just after it: {local_floor:.0f})")
+        print(f"   Ray ingest, 1 worker:                    {one:7.0f}  ratio "
+              f"{np.median(per_core[1]):.2f}  (end to end {one_e2e:.0f})")
         print(f"   Ray ingest, 2 workers:                   {two:7.0f}  per core "
-              f"{two / 2 / floor:.2f}  (end to end {two_e2e:.0f})")
-        print(f"   2 workers / 1 worker: {two / one:.2f}x;  Ray overhead per record, 1 worker: "
-              f"{1000 * (1 / one - 1 / local):.2f} ms  (runs, records/s: 1 worker "
-              f"{[round(r[0]) for r in runs[1]]}, 2 workers {[round(r[0]) for r in runs[2]]})")
+              f"{np.median(per_core[2]):.2f}  (end to end {two_e2e:.0f})")
+        # Ray's cost, each side against its own floor (the machine's speed drifts between them)
+        kept = float(np.median(per_core[1])) / (local / local_floor)
+        print(f"   2 workers / 1 worker: {np.median(scaling):.2f}x (runs {[round(x, 2) for x in scaling]});"
+              f"  Ray, 1 worker, keeps {kept:.2f} of the in-process speed")
+        print(f"   per-core ratios, 1 worker {[round(x, 2) for x in per_core[1]]}, 2 workers "
+              f"{[round(x, 2) for x in per_core[2]]}")
 
         long = holter(args.hours, tmp_path / "holter")
         n_win, win_rate = windows_rate(long, tmp_path / "holter-ds", 2)
         print(f"4. windows: MIT-BIH 100 repeated to {args.hours:g} h -> {n_win} windows of 10 s, "
               f"{win_rate:.0f} windows/s end to end (2 workers)")
         ray.shutdown()
+        ceilings = [two_readers(floor_sample) for _ in range(args.reps)]
+        print(f"   (after 4, Ray stopped) this machine: two wfdb.rdrecord processes at once / one: "
+              f"{np.median([b / a for a, b in ceilings]):.2f}x "
+              f"(runs {[round(b / a, 2) for a, b in ceilings]}): the ceiling for 2 workers / 1")
 
         n, shard_rate = shards_dataloader(str(tmp_path / "ds"), 2)
         wf_seq = wfdb_sequential(records)
