@@ -144,18 +144,25 @@ def _edf_from_ludb(folder: Path, record: str = "1", kind: str = "edf") -> Path:
     return path
 
 
-def test_an_edf_file_reads_with_its_leads_time_sex_and_values(tmp_path):
-    import pyedflib
-
-    path = _edf_from_ludb(tmp_path / "edf")
-    spec = parse_spec({"name": "holter-edf", "format": "edf", "records": "*.edf",
-                       "header_comments": True}, "edf.yaml")
+def _process_written(path: Path, kind: str) -> CanonicalRecord:
+    """The one record of a file `_edf_from_ludb` wrote, through a spec of format `kind`: its id,
+    sex and age from the file, 12 usable leads at 500 Hz."""
+    spec = parse_spec({"name": f"holter-{kind}", "format": kind, "records": f"*.{kind}",
+                       "header_comments": True}, f"{kind}.yaml")
     ref, = SpecAdapter(spec).list_records(path.parent)
     assert ref.record_id == "ludb1" and ref.sex == "M" and ref.age == 49
     out = process_record(ref)
     assert isinstance(out, CanonicalRecord), out
-    assert out.ref.ecg_time == "2020-03-04T05:06:07"
     assert out.fs_original == 500.0 and out.digital.shape == (12, 5000) and out.lead_mask.all()
+    return out
+
+
+def test_an_edf_file_reads_with_its_leads_time_sex_and_values(tmp_path):
+    import pyedflib
+
+    path = _edf_from_ludb(tmp_path / "edf")
+    out = _process_written(path, "edf")
+    assert out.ref.ecg_time == "2020-03-04T05:06:07"
     f = pyedflib.EdfReader(str(path))
     try:
         for c, label in enumerate(f.getSignalLabels()):
@@ -177,15 +184,8 @@ def test_a_bdf_file_is_stored_in_16_bits_within_half_a_step_of_its_24_bit_values
     peak (flagged), so the stored millivolts are within half that step of the file's."""
     import pyedflib
 
-    path = _edf_from_ludb(tmp_path / "bdf", kind="bdf")
-    spec = parse_spec({"name": "holter-bdf", "format": "bdf", "records": "*.bdf",
-                       "header_comments": True}, "bdf.yaml")
-    ref, = SpecAdapter(spec).list_records(path.parent)
-    assert ref.record_id == "ludb1" and ref.sex == "M" and ref.age == 49
-    out = process_record(ref)
-    assert isinstance(out, CanonicalRecord), out
-    assert out.fs_original == 500.0 and out.digital.shape == (12, 5000) and out.lead_mask.all()
-    f = pyedflib.EdfReader(str(path))
+    out = _process_written(_edf_from_ludb(tmp_path / "bdf", kind="bdf"), "bdf")
+    f = pyedflib.EdfReader(str(tmp_path / "bdf" / "ludb1.bdf"))
     try:
         for c, label in enumerate(f.getSignalLabels()):
             i = lead_index(label)
