@@ -19,8 +19,9 @@ import shutil
 import sys
 import uuid
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
@@ -97,52 +98,50 @@ class LocalStore(ObjectStore):
     def _path(self, key: str) -> Path:
         return self.root / _check_key(key)
 
-    def _atomic_target(self, key: str) -> tuple[Path, Path]:
+    @contextmanager
+    def _staged(self, key: str) -> Iterator[tuple[Path, Path]]:
+        """(the key's path, a temp file beside it): the caller writes the temp file durably,
+        then commits it under the key's name; the temp file is gone afterwards either way."""
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         # Unique temp name in the same folder: os.replace is then atomic, and two writers of
         # the same key (a resumed job racing a dying one) never share a temp file.
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        return dest, tmp
+        try:
+            yield dest, tmp
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _write_durably(tmp: Path, data: bytes) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())   # data on disk before the name that commits it
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        dest, tmp = self._atomic_target(key)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+        with self._staged(key) as (dest, tmp):
+            self._write_durably(tmp, data)
             os.replace(tmp, dest)
             _fsync_dir(dest.parent)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def put_file(self, key: str, path: Path) -> None:
-        dest, tmp = self._atomic_target(key)
-        try:
+        with self._staged(key) as (dest, tmp):
             shutil.copyfile(path, tmp)
-            with open(tmp, "rb+") as f:   # data on disk before the name that commits it
+            with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, dest)
             _fsync_dir(dest.parent)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
-        dest, tmp = self._atomic_target(key)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+        with self._staged(key) as (dest, tmp):
+            self._write_durably(tmp, data)
             try:
                 os.link(tmp, dest)      # atomic, and refuses an existing name
             except FileExistsError:
                 return False
             _fsync_dir(dest.parent)
             return True
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def get_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
