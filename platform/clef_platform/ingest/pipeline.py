@@ -7,8 +7,9 @@ Determinism and resume come from planning before any signal is read:
    key are cut into runs of `records_per_shard`. That number comes from the encoded size of a
    fixed probe (the first records by key), so the same corpus and settings always give the same
    plan, whatever the parallelism.
-2. Ray Data maps over the planned shards that have no part file yet: each task reads and
-   validates its records (`process_record`), encodes them and streams them into a temp tar,
+2. Ray Data maps over the planned shards that have no part file yet, in the workers' reserved
+   slots (`worker_slots`: `workers` shards at once, one more queued per worker): each task reads
+   and validates its records (`process_record`), encodes them and streams them into a temp tar,
    then uploads the shard atomically and writes its part (manifest + quarantine rows).
 3. The driver assembles the parts into the shard index, quarantine.parquet and then
    manifest.parquet (last: the commit; clef_platform.layout.dataset owns the layout). After a
