@@ -28,6 +28,15 @@ def _roundtrip(store, tmp_path: Path) -> None:
     store.put_file("big/blob.tar", src)
     with store.open("big/blob.tar") as f:
         assert f.read() == src.read_bytes()
+    with store.writer("streamed/shard.tar") as f:      # written in pieces, committed whole
+        for i in range(3):
+            f.write(bytes([i]) * 1000)
+    assert store.get_bytes("streamed/shard.tar") == b"".join(bytes([i]) * 1000 for i in range(3))
+    with pytest.raises(RuntimeError, match="worker died"):
+        with store.writer("streamed/half.tar") as f:
+            f.write(b"first half")
+            raise RuntimeError("worker died")
+    assert store.list("streamed/") == ["streamed/shard.tar"]  # a failed write leaves no object
     store.delete("a/c.bin")
     store.delete("a/c.bin")                             # missing: not an error
     assert store.list("a/") == ["a/b.bin"]

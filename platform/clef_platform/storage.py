@@ -17,9 +17,10 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 import uuid
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 from urllib.parse import urlparse
@@ -53,8 +54,14 @@ class ObjectStore(ABC):
     def put_bytes(self, key: str, data: bytes) -> None: ...
 
     @abstractmethod
+    def writer(self, key: str) -> "AbstractContextManager[BinaryIO]":
+        """A binary file to write an object into, as `with store.writer(key) as f:`. The object
+        appears under `key` whole when the block ends, and not at all if the block raises."""
+
     def put_file(self, key: str, path: Path) -> None:
         """Upload a local file atomically (the file is left in place)."""
+        with open(path, "rb") as src, self.writer(key) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
 
     @abstractmethod
     def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
@@ -113,29 +120,31 @@ class LocalStore(ObjectStore):
             tmp.unlink(missing_ok=True)
 
     @staticmethod
-    def _write_durably(tmp: Path, data: bytes) -> None:
+    @contextmanager
+    def _durable(tmp: Path) -> Iterator[BinaryIO]:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())   # data on disk before the name that commits it
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    @contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        # Written in place beside the key, so committing is a rename: a shard is never written
+        # to a temp folder first and copied (which cost a fifth of the ingest's time per record).
         with self._staged(key) as (dest, tmp):
-            self._write_durably(tmp, data)
+            with self._durable(tmp) as f:
+                yield f
             os.replace(tmp, dest)
             _fsync_dir(dest.parent)
 
-    def put_file(self, key: str, path: Path) -> None:
-        with self._staged(key) as (dest, tmp):
-            shutil.copyfile(path, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self.writer(key) as f:
+            f.write(data)
 
     def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
         with self._staged(key) as (dest, tmp):
-            self._write_durably(tmp, data)
+            with self._durable(tmp) as f:
+                f.write(data)
             try:
                 os.link(tmp, dest)      # atomic, and refuses an existing name
             except FileExistsError:
@@ -194,6 +203,15 @@ class S3Store(ObjectStore):
         # upload_file switches to multipart for large shards; the object appears only when the
         # upload completes, so a crash never leaves a partial shard under its final key.
         self._client.upload_file(str(path), self.bucket, self._key(key))
+
+    @contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        # A local temp file, uploaded when complete: memory stays bounded whatever the size.
+        with tempfile.TemporaryDirectory(prefix="clef-put-") as tmp:
+            path = Path(tmp) / "object"
+            with open(path, "wb") as f:
+                yield f
+            self.put_file(key, path)
 
     def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
