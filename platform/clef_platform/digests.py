@@ -1,7 +1,7 @@
 """Digests, the one place the platform hashes things.
 
-- `sha256_bytes` / `sha256_file` / `HashingReader`: content digests of what is stored (shards,
-  export files, checkpoint files); hex SHA-256.
+- `sha256_bytes` / `sha256_file` / `HashingReader` / `HashingWriter`: content digests of what
+  is stored (shards, export files, checkpoint files); hex SHA-256.
 - `stable_hash(*parts)`: a short, process- and machine-independent name for a value (config
   hashes, seeds); never Python's `hash()`, which is salted per process.
 - `stable_int(*parts)`: the same as a 64-bit integer (RNG seeds).
@@ -58,6 +58,28 @@ class HashingReader:
 
     def close(self) -> None:
         self.raw.close()
+
+
+class HashingWriter:
+    """A write-only stream that hashes and counts what passes through it, so a file is hashed
+    as it is written rather than read back (tarfile also asks it for `tell()`)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self._h = hashlib.sha256()
+        self.nbytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.raw.write(data)
+        self._h.update(data)
+        self.nbytes += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.nbytes
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
 
 
 def _canonical(parts: tuple[Any, ...]) -> bytes:
