@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -93,27 +94,34 @@ def wfdb_sequential(records: list[Path]) -> float:
     return len(records) / (time.perf_counter() - t)
 
 
-def _floor_in_child(records: list[Path], out) -> None:
-    out.put(wfdb_sequential(records))
+def _floor_in_child(records: list[Path], start, out) -> None:
+    import wfdb  # imported before the barrier: start-up is not reading time
+
+    start.wait()
+    t = time.monotonic()  # CLOCK_MONOTONIC: one clock shared by every process on the machine
+    for r in records:
+        wfdb.rdrecord(str(r))
+    out.put((t, time.monotonic()))
 
 
 def two_readers(records: list[Path]) -> tuple[float, float]:
     """(records/s of one reading process, of two reading the same records at once): what this
-    machine's 2 cores give two independent processes, the ceiling for 2 workers / 1 worker."""
+    machine's 2 cores give two independent processes, the ceiling for 2 workers / 1 worker.
+    Each process imports first and waits at a barrier; the span runs from the first start to the
+    last end, so neither interpreter start-up nor a late starter counts as parallel speed."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
     rates = []
     for n in (1, 2):
-        procs = [ctx.Process(target=_floor_in_child, args=(records, q)) for _ in range(n)]
-        t = time.perf_counter()
+        q, start = ctx.Queue(), ctx.Barrier(n)
+        procs = [ctx.Process(target=_floor_in_child, args=(records, start, q)) for _ in range(n)]
         for p in procs:
             p.start()
+        spans = [q.get() for _ in procs]
         for p in procs:
             p.join()
-        got = [q.get() for _ in procs]
-        rates.append(sum(got) if n == 1 else n * len(records) / (time.perf_counter() - t))
+        rates.append(n * len(records) / (max(e for _, e in spans) - min(s for s, _ in spans)))
     return rates[0], rates[1]
 
 
@@ -279,13 +287,17 @@ def main() -> None:
 
         local = in_process_rate(json.dumps([ref_to_json(r) for r in refs]), len(refs),
                                 str(tmp_path / "local"))
+        shutil.rmtree(tmp_path / "local")
         local_floor = wfdb_sequential(records)
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         # A first ingest in a process pays Ray Data's start and its workers' imports: one small
         # warm-up ingest, then 1 and 2 workers interleaved `--reps` times. This VM's speed drifts
         # by a third within minutes, so each run's floor is read just before and after it (the
-        # mean of the two), and each ratio is taken against its own run's floor.
+        # mean of the two), and each ratio is taken against its own run's floor. Each run's shards
+        # are deleted once measured (but the first 2-worker run's, read in 5.): on this VM, page
+        # cache growing into memory the guest had not used yet doubled the kernel's time per
+        # record after about 3 GB written (seen in-process too), a drift of its own making.
         warm = replicate(ludb_source(), tmp_path / "warm-src", 1)
         ray_ingest(tmp_path / "warm-src", tmp_path / "warm-ds", args.shard_mb, 2)
         floor_sample = records[:1000]
@@ -296,6 +308,8 @@ def main() -> None:
                 before = wfdb_sequential(floor_sample)
                 rate, e2e = ray_ingest(tmp_path / "src", dest, args.shard_mb, w)
                 runs[w].append((rate, e2e, (before + wfdb_sequential(floor_sample)) / 2))
+                if dest.name != "ds":
+                    shutil.rmtree(dest)
         per_core = {w: [r / w / f for r, _, f in runs[w]] for w in (1, 2)}
         scaling = [b[0] / a[0] for a, b in zip(runs[1], runs[2])]
         one, two = (float(np.median([r[0] for r in runs[w]])) for w in (1, 2))
