@@ -325,7 +325,8 @@ class Slots:
 
 # Shards submitted per worker slot. With two, a worker still sat idle 20-160 ms between shards
 # now and then, and for up to a shard's time at the end (Ray timeline, 2 workers on 2 cores);
-# with three, every gap stayed at 4-10 ms. Queued shards hold only their record list.
+# with three, gaps were 4-13 ms (one of 33 ms) in three timelines. Queued shards hold only
+# their record list.
 _SUBMITTED_PER_WORKER = 3
 
 
