@@ -184,9 +184,16 @@ def test_bf16_autocast_close_to_fp32(forward_check):
     assert dtypes == [torch.float32, torch.bfloat16]  # autocast really ran the convs in bf16
     y = y.float()
     assert torch.isfinite(y).all()
+    # The error depends on the CPU's kernels: oneDNN's AVX-512 ones widen to fp32 (cos 1.0000,
+    # 0.2 % relative error), its AMX ones multiply in bf16 (cos 0.9986, 4.8 %; this project's
+    # 2-core machines have AMX). The bounds allow twice the AMX error.
     cos = torch.nn.functional.cosine_similarity(y, ref, dim=1)
-    assert cos.min() > 0.999, cos
-    assert ((y - ref).norm() / ref.norm()) < 0.05
+    assert cos.min() > 0.997, cos
+    assert ((y - ref).norm() / ref.norm()) < 0.1
+    # and each record's bf16 embedding stays nearest its own fp32 one (three of the four
+    # reference inputs are near-duplicates: their fp32 embeddings have cos 0.998-0.999)
+    sim = torch.nn.functional.normalize(y) @ torch.nn.functional.normalize(ref).T
+    assert (sim.argmax(dim=1) == torch.arange(len(y))).all(), sim
 
 
 def test_bf16_autocast_with_checkpointing_backward():
